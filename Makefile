@@ -1,0 +1,38 @@
+# make repro: environment + `dvc repro` on the embedded dataset.  make test: environment + tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install repro test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# constraints.txt pins the tested set (torch and torchvision must be a matching pair).
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+repro: install
+	dvc repro
+	dvc metrics show
+
+test: install
+	pytest -q
+
+lint: install
+	ruff check .
+	ruff format --check .
+
+format: install
+	ruff check --fix .
+	ruff format .
+
+bench: install
+	ffl bench
+
+clean:
+	rm -rf data/prepared models checkpoints dvclive metrics

@@ -1,0 +1,57 @@
+"""Checkpoints that survive a kill mid-write and cannot run code when loaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Writes to a temporary file beside ``path``, syncs it, then renames: a kill leaves the old file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def safe_load(path: str | Path, required: tuple[str, ...] = ()) -> dict:
+    """``torch.load(weights_only=True)`` with one clear error for truncated, foreign or code-carrying files."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file at all
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated, corrupted or not ours): {reason}") from None
+    if not isinstance(obj, dict) or any(k not in obj for k in required):
+        missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+        raise CheckpointError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")
+    return obj
+
+
+def config_difference(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = sorted(set(saved) | set(current))
+    diff = []
+    for k in keys:
+        a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += config_difference(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diff.append(f"{prefix}{k}")
+    return diff

@@ -1,0 +1,87 @@
+"""The prepared form of a small image dataset: uint8 NCHW arrays, loaded in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 3, H, W) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ArrayDataset:
+    name: str
+    classes: list[str]
+    mean: tuple[float, float, float]  # per-channel, in [0, 1]
+    std: tuple[float, float, float]
+    splits: dict[str, Split]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def save(self, directory: str | Path) -> None:
+        """Writes ``arrays.npz`` and ``meta.json``, each through a temporary file and a rename."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for split, data in self.splits.items():
+            arrays[f"{split}_images"] = data.images
+            arrays[f"{split}_labels"] = data.labels
+        tmp = directory / "arrays.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, directory / "arrays.npz")
+        meta = {"name": self.name, "classes": self.classes, "mean": list(self.mean), "std": list(self.std),
+                "sizes": {k: len(v) for k, v in self.splits.items()}}  # fmt: skip
+        tmp = directory / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, directory / "meta.json")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ArrayDataset:
+        directory = Path(directory)
+        if not (directory / "meta.json").exists() or not (directory / "arrays.npz").exists():
+            raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
+        meta = json.loads((directory / "meta.json").read_text())
+        with np.load(directory / "arrays.npz") as z:
+            splits = {s: Split(z[f"{s}_images"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z}
+        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), splits)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of uint8 NCHW images (float64 accumulators)."""
+    x = images.astype(np.float64) / 255.0
+    return tuple(float(v) for v in x.mean(axis=(0, 2, 3))), tuple(float(v) for v in x.std(axis=(0, 2, 3)))
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): ``fraction`` of every class held out, chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        k = int(round(len(idx) * fraction))
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

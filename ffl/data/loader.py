@@ -1,0 +1,102 @@
+"""A batch loader for datasets that fit on the training device (CIFAR: 150 MB as uint8).
+
+The whole split lives on the device as uint8; every epoch draws its permutation, crop offsets and
+flips from a generator seeded by (seed, epoch) in one go, so an epoch is reproducible on its own
+(resuming mid-run needs no loader state) and the loop never waits on the host. Cropping,
+flipping and normalising happen on whole batches on the device (the cifar10-airbench recipe):
+a DataLoader of PIL images is what starves small CIFAR networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ffl.data.arrays import Split
+
+
+@dataclass(frozen=True)
+class Augment:
+    pad: int = 4
+    pad_mode: str = "reflect"  # reflect | constant (zeros) | replicate
+    flip: bool = True
+
+
+class DeviceLoader:
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean,
+        std,
+        device: torch.device | str = "cpu",
+        augment: Augment | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(split.images).to(self.device)
+        self.labels = torch.from_numpy(split.labels).to(self.device)
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.augment = augment
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _plan(self):
+        n = len(self.labels)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        offsets = flips = None
+        if self.augment is not None:
+            offsets = torch.randint(0, 2 * self.augment.pad + 1, (n, 2), generator=g)
+            flips = torch.rand(n, generator=g) < 0.5
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        return order.to(self.device), offsets, flips
+
+    def _crop(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        p = self.augment.pad
+        mode = "constant" if self.augment.pad_mode == "zeros" else self.augment.pad_mode
+        padded = F.pad(x, (p, p, p, p), mode=mode)
+        b, _, h, w = x.shape
+        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        idx_b = torch.arange(b, device=x.device)[:, None, None, None]
+        idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        return padded[idx_b, idx_c, rows, cols]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, offsets, flips = self._plan()
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = (self.images[idx].float() - self.mean) / self.std
+            if self.augment is not None:
+                if self.augment.pad:
+                    x = self._crop(x, offsets[idx])
+                if self.augment.flip:
+                    x = torch.where(flips[idx, None, None, None], x.flip(3), x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]

@@ -1,0 +1,215 @@
+"""The training loop. It knows methods only through their contract (forward, loss, param_groups).
+
+Per epoch: one pass over the training loader, loss terms and accuracies summed on the device and
+read once at the end (no per-step host sync); a check that every term stayed finite; validation
+on the held-out split; a checkpoint written atomically; then the callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ffl.callbacks import Callback
+from ffl.checkpoint import CheckpointError, atomic_save, config_difference, safe_load
+from ffl.metrics import evaluate, topk_correct
+from ffl.precision import autocast, resolve_precision
+
+CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "config")
+CHECKPOINT_FORMAT = "ffl-checkpoint-v1"
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, epoch: int, term: str, value: float):
+        super().__init__(f"loss term {term!r} became {value} in epoch {epoch}; the last good checkpoint is kept")
+        self.epoch, self.term, self.value = epoch, term, value
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    aux_weight_decay: float = 1e-5  # the fusion module's (and ONE's gate's) own weight decay
+    milestones: list[int] = field(default_factory=lambda: [150, 225])
+    gamma: float = 0.1
+    precision: str = "auto"
+    compile: bool = False
+
+
+def multistep_factor(milestones: list[int], gamma: float):
+    def factor(epoch: int) -> float:
+        return gamma ** sum(epoch >= m for m in milestones)
+
+    return factor
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        method,
+        train_loader,
+        config: TrainConfig,
+        val_loader=None,
+        callbacks: list[Callback] = (),
+        checkpoint_path: str | Path | None = None,
+        run_config: dict | None = None,
+    ):
+        self.method = method
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.config = config
+        self.device = train_loader.device
+        self.precision = resolve_precision(config.precision, self.device)
+        self.callbacks = list(callbacks)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        # What a checkpoint must match to be resumed: the caller's full config, plus the engine's.
+        self.run_config = {"run": run_config or {}, "train": asdict(config), "method": method.spec()}
+        method.to(self.device)
+        if train_loader.channels_last:
+            method.to(memory_format=torch.channels_last)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.SGD(
+            method.param_groups(config.weight_decay, config.aux_weight_decay),
+            lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            **({"fused": True} if fused else {"foreach": True}),
+        )  # fmt: skip
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, multistep_factor(config.milestones, config.gamma)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.forward = torch.compile(method) if config.compile else method
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.stopped = False
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self, next_epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": next_epoch,
+            "history": self.history,
+            "rng": rng_state(),
+            "config": self.run_config,
+        }
+
+    def save_checkpoint(self, next_epoch: int) -> None:
+        if self.checkpoint_path is not None:
+            atomic_save(self.state_dict(next_epoch), self.checkpoint_path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        ckpt = safe_load(path, CHECKPOINT_KEYS)
+        if ckpt["format"] != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+        diff = config_difference(ckpt["config"], self.run_config)
+        if diff:
+            raise CheckpointError(
+                f"{path}: checkpoint of another configuration (differs in {', '.join(diff[:6])}"
+                f"{' ...' if len(diff) > 6 else ''}); delete it or train with --fresh to start over"
+            )
+        try:
+            self.method.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: weights do not fit this model: {str(e).splitlines()[0]}") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+
+    def resume_if_possible(self) -> bool:
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+            return True
+        return False
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        method, loader = self.method, self.train_loader
+        method.train()
+        method.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+
+        def add(key, value, n):
+            sums[key] = sums[key] + value if key in sums else value
+            counts[key] = counts.get(key, 0) + n
+
+        for step, (x, y) in enumerate(loader):
+            with autocast(self.device, self.precision):
+                outputs = self.forward(x)
+            terms = method.loss(outputs, y, epoch)
+            total = torch.stack(list(terms.values())).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            b = len(y)
+            for name, value in terms.items():
+                add(f"train/loss/{name}", value.detach() * b, b)
+            add("train/loss/total", total.detach() * b, b)
+            for name, logits in outputs.items():
+                add(f"train/acc/{name}", topk_correct(logits.detach(), y, ks=(1,))[0], b)
+            for cb in self.callbacks:
+                cb.on_step(self, epoch, step)
+        keys = list(sums)
+        values = torch.stack([sums[k].float() for k in keys]).tolist()  # the one host sync of the epoch
+        metrics = {}
+        for k, v in zip(keys, values):
+            metrics[k] = v / counts[k] * (100.0 if k.startswith("train/acc/") else 1.0)
+            if k.startswith("train/loss/") and not math.isfinite(metrics[k]):
+                bad = [n for n in keys if n.startswith("train/loss/") and n != "train/loss/total"
+                       and not math.isfinite(values[keys.index(n)])]  # fmt: skip
+                raise NonFiniteLoss(epoch, (bad or [k])[0].removeprefix("train/loss/"), metrics[k])
+        return metrics
+
+    def fit(self) -> list[dict]:
+        for cb in self.callbacks:
+            cb.on_train_start(self, self.start_epoch, list(self.history))
+        for epoch in range(self.start_epoch, self.config.epochs):
+            for cb in self.callbacks:
+                cb.on_epoch_start(self, epoch)
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            metrics = self.train_epoch(epoch)
+            self.scheduler.step()
+            metrics["lr"] = lr
+            if self.val_loader is not None and len(self.val_loader):
+                for name, errs in evaluate(self.method, self.val_loader, self.precision).items():
+                    metrics[f"val/acc/{name}"] = 100.0 - errs["top1_err"]
+            metrics["epoch"] = epoch
+            metrics["time/epoch_s"] = time.perf_counter() - t0
+            self.history.append(metrics)
+            self.save_checkpoint(epoch + 1)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, metrics)
+            if self.stopped:
+                break
+        for cb in self.callbacks:
+            cb.on_train_end(self, self.history)
+        return self.history

@@ -1,0 +1,35 @@
+"""Loss pieces shared by the methods: temperature-scaled KD with a detached teacher, the ramp-up."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)) * T^2, batch mean; the teacher gets no gradient.
+
+    T^2 keeps the gradient scale independent of T (Hinton et al. 2015). Computed in fp32 so that
+    bf16 autocast does not round the soft targets.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student.float() / t, dim=1)
+    p_teacher = F.softmax(teacher.detach().float() / t, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (t * t)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets)
+
+
+def sigmoid_rampup(epoch: float, length: float) -> float:
+    """exp(-5 (1 - min(e, R)/R)^2): the mean-teacher ramp-up that ONE and FFL weigh KD with.
+
+    ``length`` 0 switches the ramp-up off (weight 1 from the start).
+    """
+    if length <= 0:
+        return 1.0
+    phase = 1.0 - min(max(epoch, 0.0), length) / length
+    return math.exp(-5.0 * phase * phase)

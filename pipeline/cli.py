@@ -1,0 +1,95 @@
+"""`ffl`: the command line. Each command is the DVC stage of the same name (dvc.yaml calls it)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Feature Fusion Learning: prepare, train, evaluate, tune, bench.")  # fmt: skip
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (dvc's params.yaml by default)")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-S", help="override a param: section.key=value (as dvc exp run -S)")
+]
+
+
+def fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def stage(fn):
+    """Turns the project's expected failures into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pipeline.stages import TrainingFailed
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            fail(str(e), 2)
+        except TrainingFailed as e:
+            fail(str(e), 1)
+        except KeyboardInterrupt:
+            fail("interrupted; run the same command again to resume from the last finished epoch", 130)
+
+    return wrapper
+
+
+def _params(params: Path, overrides: list[str] | None):
+    from pipeline.params import load_params
+
+    return load_params(params, overrides or [])
+
+
+@app.command()
+@stage
+def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Write the dataset as compact uint8 arrays (data/prepared)."""
+    from pipeline.stages import prepare as run
+
+    p = _params(params, set_)
+    data = run(p)
+    typer.echo(f"prepared {data.name}: " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
+
+
+@app.command()
+@stage
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    fresh: Annotated[bool, typer.Option(help="discard an interrupted run's checkpoint and start over")] = False,
+):
+    """Train the configured method; resumes an interrupted run of the same configuration."""
+    from pipeline.stages import train as run
+
+    p = _params(params, set_)
+    typer.echo(f"saved {run(p, fresh=fresh)}")
+
+
+@app.command()
+@stage
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Top-1/top-5 test error of every sub-network, their ensemble and the fused classifier."""
+    from pipeline.stages import evaluate as run
+
+    result = run(_params(params, set_))
+    json.dump(result, sys.stdout, indent=2)
+    typer.echo()
+
+
+def main():  # console script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""The errors the CLI turns into one line and exit code 2, with no traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (params, data, checkpoints, paths): said in one line, exit 2."""
+
+
+class ParamsError(UserError):
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key, self.reason = key, reason

@@ -1,0 +1,268 @@
+"""The params schema: params.yaml is validated here, once, before any work starts.
+
+Unknown keys, wrong types and out-of-range values are refused with the dotted key in the message;
+so are combinations no method can train (too few sub-networks, unfusable feature maps, EKD
+without a fusion module). Inside, code takes these typed objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ffl.models import backbone_spec, check_fusable
+from pipeline.errors import ParamsError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ShapesParams(Section):
+    train_per_class: int = Field(400, ge=1)
+    test_per_class: int = Field(200, ge=1)
+    noise: float = Field(0.1, ge=0, le=1)
+
+
+class AugmentParams(Section):
+    pad: int = Field(4, ge=0)
+    pad_mode: Literal["reflect", "zeros", "replicate"] = "reflect"
+    flip: bool = True
+
+
+class DataParams(Section):
+    source: Literal["shapes", "cifar10", "cifar100"] = "shapes"
+    seed: int = Field(0, ge=0)  # the dataset's own seed (generation, validation split), not training's
+    root: str = "data/raw"
+    download: bool = False
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    shapes: ShapesParams = ShapesParams()
+    augment: AugmentParams = AugmentParams()
+
+
+class ModelParams(Section):
+    archs: list[str] = Field(default_factory=lambda: ["resnet32", "resnet32"], min_length=1)
+    # auto: the method's own setting (FFL: shared when the archs are equal; ONE: shared; others: not).
+    shared: Literal["auto"] | bool = "auto"
+
+    @field_validator("archs")
+    @classmethod
+    def _known(cls, archs):
+        for a in archs:
+            backbone_spec(a)  # ValueError names the known architectures
+        return archs
+
+
+class FusionParams(Section):
+    enabled: bool = True
+    width: int | None = Field(None, ge=1)  # null: channels of the first sub-network's feature map
+    kernel_size: int = Field(3, ge=1)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, k):
+        if k % 2 == 0:
+            raise ValueError("must be odd, so that the fused map keeps its size")
+        return k
+
+
+class KDTerm(Section):
+    enabled: bool = True
+    weight: NonNegFloat = 1.0
+
+
+class DualNetParams(Section):
+    finetune_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class MethodParams(Section):
+    name: Literal["ffl", "dml", "one", "dualnet", "vanilla"] = "ffl"
+    temperature: PositiveFloat = 3.0
+    rampup_epochs: NonNegFloat = 80.0
+    ce_weight: NonNegFloat = 1.0
+    kd_weight: NonNegFloat = 1.0  # DML's and ONE's KD term
+    ekd: KDTerm = KDTerm()
+    fkd: KDTerm = KDTerm()
+    dualnet: DualNetParams = DualNetParams()
+
+
+class TrainParams(Section):
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: PositiveFloat = 0.1
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: NonNegFloat = 1e-4
+    fusion_weight_decay: NonNegFloat = 1e-5
+    milestones: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(0.1, gt=0, le=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, d):
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", d):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return d
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, m):
+        if list(m) != sorted(m):
+            raise ValueError("must be increasing fractions of the epochs")
+        return m
+
+    def milestone_epochs(self) -> list[int]:
+        return [int(round(f * self.epochs)) for f in self.milestones]
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(1000, ge=1)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0)
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    method: MethodParams = MethodParams()
+    fusion: FusionParams = FusionParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tune: dict[str, Any] | None = None  # validated by pipeline.tune_params when `ffl tune` runs
+
+    def shared(self) -> bool:
+        if self.model.shared != "auto":
+            return self.model.shared
+        if self.method.name == "one":
+            return True
+        return self.method.name == "ffl" and len(set(self.model.archs)) == 1
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` assignments, values parsed as YAML: the syntax of ``dvc exp run -S``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParamsError(item, "an override is key=value with a dotted key (train.lr=0.05)")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ParamsError(key, f"value {value!r} is not valid YAML ({e.problem})") from None
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ParamsError(".".join(parts[: i + 1]), "is a value, not a section")
+            node = child
+        node[parts[-1]] = parsed
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError("", f"{path}: params file not found") from None
+    except OSError as e:
+        raise ParamsError("", f"{path}: cannot read params file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError("", f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError("", f"{path}: params must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def validate(raw: dict) -> Params:
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ParamsError(_dotted(err["loc"]), msg + more) from None
+    check_consistency(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
+    return validate(apply_overrides(read_yaml(path), list(overrides)))
+
+
+def check_consistency(p: Params) -> None:
+    """What no single key can say wrong on its own."""
+    name, archs, n = p.method.name, p.model.archs, len(p.model.archs)
+    if name in ("ffl", "dml", "one") and n < 2:
+        raise ParamsError("model.archs", f"{name} needs at least 2 sub-networks, got {n}")
+    if name == "dualnet" and n != 2:
+        raise ParamsError("model.archs", f"dualnet fuses exactly 2 sub-networks, got {n}")
+    if p.model.shared is True:
+        if name in ("dml", "vanilla", "dualnet"):
+            raise ParamsError("model.shared", f"{name} trains independent networks; set it to auto or false")
+        if len(set(archs)) > 1:
+            raise ParamsError("model.shared", f"branches sharing low-level layers need one architecture, got {archs}")
+    if p.model.shared is False and name == "one":
+        raise ParamsError("model.shared", "ONE's gate reads the shared low-level features; set it to auto or true")
+    if (name == "ffl" and p.fusion.enabled) or name == "dualnet":
+        try:
+            check_fusable(archs)
+        except ValueError as e:
+            raise ParamsError("model.archs", str(e)) from None
+    if name == "dualnet":
+        channels = {backbone_spec(a).out_channels for a in archs}
+        if len(channels) > 1:
+            raise ParamsError("model.archs", "dualnet sums feature maps: their channel counts must match")
+    if name == "ffl" and p.method.ekd.enabled and not p.fusion.enabled:
+        raise ParamsError("method.ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
+    if p.train.nesterov and p.train.momentum == 0:
+        raise ParamsError("train.nesterov", "Nesterov momentum needs train.momentum > 0")
+
+
+def method_spec(p: Params, num_classes: int) -> dict[str, Any]:
+    """The constructor arguments of the configured method (``ffl.build_method`` takes them)."""
+    m = p.method
+    common = {"method": m.name, "archs": list(p.model.archs), "num_classes": num_classes, "shared": p.shared()}
+    if m.name == "ffl":
+        return common | {
+            "fusion": p.fusion.enabled, "fusion_width": p.fusion.width, "fusion_kernel_size": p.fusion.kernel_size,
+            "temperature": m.temperature, "rampup_epochs": m.rampup_epochs, "ce_weight": m.ce_weight,
+            "ekd": m.ekd.enabled, "ekd_weight": m.ekd.weight, "fkd": m.fkd.enabled, "fkd_weight": m.fkd.weight,
+        }  # fmt: skip
+    if m.name in ("dml", "one"):
+        return common | {"temperature": m.temperature, "rampup_epochs": m.rampup_epochs,
+                         "ce_weight": m.ce_weight, "kd_weight": m.kd_weight}  # fmt: skip
+    if m.name == "dualnet":
+        return common | {"ce_weight": m.ce_weight, "epochs": p.train.epochs,
+                         "finetune_fraction": m.dualnet.finetune_fraction}  # fmt: skip
+    return common | {"ce_weight": m.ce_weight}

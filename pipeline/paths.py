@@ -1,0 +1,11 @@
+"""Where the stages read and write; dvc.yaml declares the same paths."""
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+MODEL = Path("models/model.pt")
+CHECKPOINTS = Path("checkpoints")
+CHECKPOINT = CHECKPOINTS / "last.pt"
+LOCK = CHECKPOINTS / ".lock"
+DVCLIVE = Path("dvclive")
+TEST_METRICS = Path("metrics/test.json")

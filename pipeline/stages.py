@@ -1,0 +1,171 @@
+"""The stages. Each is one function that `dvc repro` (through the `ffl` CLI) and a user both call."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+from ffl.artifact import load_model, save_model
+from ffl.checkpoint import CheckpointError
+from ffl.data import ArrayDataset, Augment, DatasetNotFound, DeviceLoader, load_cifar, make_shapes
+from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
+from ffl.methods import build_method
+from ffl.metrics import evaluate as evaluate_method
+from ffl.precision import resolve_precision
+from pipeline import paths
+from pipeline.callbacks import DVCLiveCallback, ProgressCallback
+from pipeline.errors import UserError
+from pipeline.params import Params, method_spec
+
+
+class TrainingFailed(RuntimeError):
+    """The run itself went wrong (a loss became NaN): exit 1, checkpoint kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but no CUDA device is available")
+    return device
+
+
+def ensure_writable(*dirs: Path) -> None:
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{d}: cannot create output directory ({e.strerror})") from None
+        if not os.access(d, os.W_OK):
+            raise UserError(f"{d}: output directory is not writable")
+
+
+# -- prepare -----------------------------------------------------------------------------------
+
+def prepare(params: Params, out: Path = paths.PREPARED) -> ArrayDataset:
+    d = params.data
+    ensure_writable(out)
+    try:
+        if d.source == "shapes":
+            s = d.shapes
+            data = make_shapes(s.train_per_class, s.test_per_class, d.val_fraction, s.noise, d.seed)
+        else:
+            data = load_cifar(d.source, d.root, d.val_fraction, d.seed, download=d.download)
+    except DatasetNotFound as e:
+        raise UserError(f"data.root: {e}") from None
+    data.save(out)
+    return data
+
+
+def load_prepared(directory: Path = paths.PREPARED) -> ArrayDataset:
+    try:
+        return ArrayDataset.load(directory)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{directory}: prepared dataset is unreadable ({e}); run `ffl prepare` again") from None
+
+
+# -- train -------------------------------------------------------------------------------------
+
+def run_config(params: Params) -> dict:
+    """What a resumed run must share with the checkpoint: everything that changes the result."""
+    cfg = params.model_dump(mode="json", exclude={"evaluate", "tune"})
+    cfg["train"].pop("device")  # a checkpoint may move between machines
+    return cfg
+
+
+def build_trainer(params: Params, data: ArrayDataset, device: torch.device, callbacks=(), checkpoint=None) -> Trainer:
+    torch.manual_seed(params.seed)
+    method = build_method(method_spec(params, data.num_classes))
+    t, a = params.train, params.data.augment
+    if t.batch_size > len(data.splits["train"]):
+        raise UserError(f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})")
+    train_loader = DeviceLoader(
+        data.splits["train"], t.batch_size, data.mean, data.std, device,
+        augment=Augment(a.pad, a.pad_mode, a.flip), shuffle=True, drop_last=True,
+        seed=params.seed, channels_last=t.channels_last,
+    )  # fmt: skip
+    val = data.splits.get("val")
+    val_loader = None
+    if val is not None and len(val):
+        val_loader = DeviceLoader(val, params.evaluate.batch_size, data.mean, data.std, device,
+                                  channels_last=t.channels_last)  # fmt: skip
+    config = TrainConfig(
+        epochs=t.epochs, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
+        aux_weight_decay=t.fusion_weight_decay, milestones=t.milestone_epochs(), gamma=t.gamma,
+        precision=t.precision, compile=t.compile,
+    )  # fmt: skip
+    return Trainer(method, train_loader, config, val_loader, list(callbacks), checkpoint, run_config(params))
+
+
+def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
+    """Trains, checkpointing every epoch, resuming from the last checkpoint of the same configuration."""
+    device = resolve_device(params.train.device)
+    data = load_prepared()
+    ensure_writable(paths.CHECKPOINTS, paths.MODEL.parent, paths.DVCLIVE)
+    lock = FileLock(str(paths.LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"{paths.CHECKPOINTS}: another training is running in this directory") from None
+    try:
+        callbacks = [DVCLiveCallback(paths.DVCLIVE)] + ([ProgressCallback()] if progress else [])
+        trainer = build_trainer(params, data, device, callbacks, paths.CHECKPOINT)
+        if fresh:
+            paths.CHECKPOINT.unlink(missing_ok=True)
+        try:
+            if trainer.resume_if_possible():
+                print(f"resuming from {paths.CHECKPOINT} at epoch {trainer.start_epoch}")
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        try:
+            trainer.fit()
+        except NonFiniteLoss as e:
+            raise TrainingFailed(str(e)) from None
+        save_model(trainer.method, paths.MODEL, {"name": data.name, "classes": data.classes,
+                                                 "mean": list(data.mean), "std": list(data.std)})  # fmt: skip
+        # The finished run lives on in the model file; a stale checkpoint would only block the next
+        # configuration from starting.
+        paths.CHECKPOINT.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    return paths.MODEL
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+def summarise(errors: dict[str, dict[str, float]]) -> dict:
+    subs = [v for k, v in errors.items() if k.startswith("sub")]
+    out = dict(errors)
+    if len(subs) > 1:
+        out["sub_mean"] = {m: sum(s[m] for s in subs) / len(subs) for m in ("top1_err", "top5_err")}
+    return out
+
+
+def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
+    """Top-1/top-5 error of every classifier on the test split, written as DVC metrics."""
+    device = resolve_device(params.train.device)
+    try:
+        method, _ = load_model(paths.MODEL)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    data = load_prepared()
+    loader = DeviceLoader(data.splits["test"], params.evaluate.batch_size, data.mean, data.std, device,
+                          channels_last=params.train.channels_last)  # fmt: skip
+    method.to(device)
+    if params.train.channels_last:
+        method.to(memory_format=torch.channels_last)
+    result = summarise(evaluate_method(method, loader, resolve_precision(params.train.precision, device)))
+    ensure_writable(out.parent)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    return result
