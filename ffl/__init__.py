@@ -1,10 +1,10 @@
 """Feature Fusion Learning and the online-distillation baselines, trainable in a few lines.
 
-    from ffl import FFL, Trainer, TrainConfig, DeviceLoader, Augment, make_shapes
-    data = make_shapes()
-    method = FFL(["resnet20", "resnet20"], num_classes=data.num_classes)
-    train = DeviceLoader(data.splits["train"], 128, data.mean, data.std, augment=Augment(), shuffle=True)
-    Trainer(method, train, TrainConfig(epochs=10, milestones=[5, 8])).fit()
+from ffl import FFL, Trainer, TrainConfig, DeviceLoader, Augment, make_shapes
+data = make_shapes()
+method = FFL(["resnet20", "resnet20"], num_classes=data.num_classes)
+train = DeviceLoader(data.splits["train"], 128, data.mean, data.std, augment=Augment(), shuffle=True)
+Trainer(method, train, TrainConfig(epochs=10, milestones=[5, 8])).fit()
 """
 
 from ffl.data import ArrayDataset, Augment, DeviceLoader, load_cifar, make_shapes

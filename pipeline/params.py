@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ffl.models import backbone_spec, check_fusable
 from pipeline.errors import ParamsError
@@ -46,17 +46,18 @@ class DataParams(Section):
     augment: AugmentParams = AugmentParams()
 
 
+def _known_arch(name: str) -> str:
+    backbone_spec(name)  # ValueError names the known architectures
+    return name
+
+
+Arch = Annotated[str, AfterValidator(_known_arch)]
+
+
 class ModelParams(Section):
-    archs: list[str] = Field(default_factory=lambda: ["resnet32", "resnet32"], min_length=1)
+    archs: list[Arch] = Field(default_factory=lambda: ["resnet32", "resnet32"], min_length=1)
     # auto: the method's own setting (FFL: shared when the archs are equal; ONE: shared; others: not).
     shared: Literal["auto"] | bool = "auto"
-
-    @field_validator("archs")
-    @classmethod
-    def _known(cls, archs):
-        for a in archs:
-            backbone_spec(a)  # ValueError names the known architectures
-        return archs
 
 
 class FusionParams(Section):
@@ -124,7 +125,7 @@ class TrainParams(Section):
         return m
 
     def milestone_epochs(self) -> list[int]:
-        return [int(round(f * self.epochs)) for f in self.milestones]
+        return [round(f * self.epochs) for f in self.milestones]
 
 
 class EvaluateParams(Section):
@@ -150,6 +151,7 @@ class Params(Section):
 
 
 # -- loading ---------------------------------------------------------------------------------
+
 
 def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)

@@ -49,9 +49,9 @@ def ensure_writable(*dirs: Path) -> None:
 
 # -- prepare -----------------------------------------------------------------------------------
 
+
 def prepare(params: Params, out: Path = paths.PREPARED) -> ArrayDataset:
     d = params.data
-    ensure_writable(out)
     try:
         if d.source == "shapes":
             s = d.shapes
@@ -60,6 +60,7 @@ def prepare(params: Params, out: Path = paths.PREPARED) -> ArrayDataset:
             data = load_cifar(d.source, d.root, d.val_fraction, d.seed, download=d.download)
     except DatasetNotFound as e:
         raise UserError(f"data.root: {e}") from None
+    ensure_writable(out)
     data.save(out)
     return data
 
@@ -75,6 +76,7 @@ def load_prepared(directory: Path = paths.PREPARED) -> ArrayDataset:
 
 # -- train -------------------------------------------------------------------------------------
 
+
 def run_config(params: Params) -> dict:
     """What a resumed run must share with the checkpoint: everything that changes the result."""
     cfg = params.model_dump(mode="json", exclude={"evaluate", "tune"})
@@ -87,7 +89,9 @@ def build_trainer(params: Params, data: ArrayDataset, device: torch.device, call
     method = build_method(method_spec(params, data.num_classes))
     t, a = params.train, params.data.augment
     if t.batch_size > len(data.splits["train"]):
-        raise UserError(f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})")
+        raise UserError(
+            f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})"
+        )
     train_loader = DeviceLoader(
         data.splits["train"], t.batch_size, data.mean, data.std, device,
         augment=Augment(a.pad, a.pad_mode, a.flip), shuffle=True, drop_last=True,
@@ -142,12 +146,13 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
 
 # -- evaluate ----------------------------------------------------------------------------------
 
+
 def summarise(errors: dict[str, dict[str, float]]) -> dict:
     subs = [v for k, v in errors.items() if k.startswith("sub")]
     out = dict(errors)
     if len(subs) > 1:
         out["sub_mean"] = {m: sum(s[m] for s in subs) / len(subs) for m in ("top1_err", "top5_err")}
-    return out
+    return {name: {m: round(v, 4) for m, v in errs.items()} for name, errs in out.items()}
 
 
 def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:

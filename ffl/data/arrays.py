@@ -64,7 +64,9 @@ class ArrayDataset:
             raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
         meta = json.loads((directory / "meta.json").read_text())
         with np.load(directory / "arrays.npz") as z:
-            splits = {s: Split(z[f"{s}_images"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z}
+            splits = {
+                s: Split(z[f"{s}_images"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z
+            }
         return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), splits)
 
 
@@ -81,7 +83,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        k = int(round(len(idx) * fraction))
+        k = round(len(idx) * fraction)
         held.append(idx[:k])
         keep.append(idx[k:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

@@ -10,10 +10,10 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from ffl.data.arrays import ArrayDataset, Split, channel_stats, stratified_split
 
 DATASETS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
-# The statistics the authors normalise with (CIFAR-100's train set), kept for both datasets as in
-# their code; the embedded dataset uses its own.
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# The statistics the authors' code normalises CIFAR-100 with; CIFAR-10 and the embedded dataset
+# use their own training sets' statistics.
+CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
+CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
 
 
 class DatasetNotFound(FileNotFoundError):

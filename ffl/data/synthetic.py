@@ -56,8 +56,10 @@ def _render(labels: np.ndarray, rng: np.random.Generator, noise: float) -> np.nd
     t = (np.cos(per_image(theta)) * xx + np.sin(per_image(theta)) * yy) / SIZE
     t = (t - t.min(axis=(1, 2), keepdims=True)) / (np.ptp(t, axis=(1, 2), keepdims=True) + 1e-9)
     freq, phase = rng.uniform(0.1, 0.35, (n, 2)), rng.uniform(0, 2 * np.pi, (n, 2))
-    waves = 0.12 * np.sin(per_image(freq[:, 0]) * xx + per_image(phase[:, 0])) * np.sin(
-        per_image(freq[:, 1]) * yy + per_image(phase[:, 1])
+    waves = (
+        0.12
+        * np.sin(per_image(freq[:, 0]) * xx + per_image(phase[:, 0]))
+        * np.sin(per_image(freq[:, 1]) * yy + per_image(phase[:, 1]))
     )
     img = c0[:, :, None, None] * (1 - t[:, None]) + c1[:, :, None, None] * t[:, None] + waves[:, None]
 

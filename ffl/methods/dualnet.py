@@ -40,7 +40,7 @@ class DualNet(Method):
             raise ValueError(f"DualNet sums feature maps: channel counts must match, got {self.net.out_channels}")
         self.fused_head = Classifier(self.net.out_channels[0], num_classes)
         self.ce_weight = ce_weight
-        self.finetune_start = int(round(epochs * (1.0 - finetune_fraction)))
+        self.finetune_start = round(epochs * (1.0 - finetune_fraction))
         self.turn = 0  # which sub-network the next training step updates
         self._epoch = 0
 

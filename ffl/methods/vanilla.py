@@ -19,4 +19,6 @@ class Vanilla(Method):
         return self.named_subnets(self.net(images)[1])
 
     def loss(self, outputs, targets, epoch):
-        return {f"ce_sub{i}": self.ce_weight * cross_entropy(outputs[f"sub{i}"], targets) for i in range(self.num_subnets)}
+        return {
+            f"ce_sub{i}": self.ce_weight * cross_entropy(outputs[f"sub{i}"], targets) for i in range(self.num_subnets)
+        }

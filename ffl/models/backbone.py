@@ -7,8 +7,8 @@ The classifier (pool + linear) is not part of the backbone: methods attach their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

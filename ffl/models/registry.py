@@ -28,9 +28,7 @@ def backbone_spec(name: str) -> BackboneSpec:
     if m := _WRN.fullmatch(name):
         depth, width = int(m[1]), int(m[2])
         if depth >= 10 and (depth - 4) % 6 == 0 and width >= 1:
-            return BackboneSpec(
-                name, "wide_resnet", 32 * width, 64 * width, 4, 32, partial(wide_resnet, depth, width)
-            )
+            return BackboneSpec(name, "wide_resnet", 32 * width, 64 * width, 4, 32, partial(wide_resnet, depth, width))
     raise ValueError(
         f"unknown architecture {name!r}: expected resnet<6n+2> (resnet20, resnet32, resnet56, resnet110), "
         f"wrn<6n+4>_<k> (wrn16_2, wrn40_2) or one of {', '.join(_IMAGENET)}"

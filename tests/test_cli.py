@@ -1,0 +1,116 @@
+"""The `ffl` commands end to end on tiny params, and how they fail."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ffl.artifact import load_model
+from pipeline.cli import app
+from tests.helpers import tiny_params, write_params
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    return tmp_path
+
+
+def ffl(*args):
+    return runner.invoke(app, list(args))
+
+
+def snapshot(root):
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_prepare_train_evaluate(workdir):
+    assert ffl("prepare").exit_code == 0
+    assert (workdir / "data/prepared/arrays.npz").exists()
+    result = ffl("train")
+    assert result.exit_code == 0, result.output
+    assert not (workdir / "checkpoints/last.pt").exists()  # a finished run leaves no checkpoint behind
+    result = ffl("evaluate")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((workdir / "metrics/test.json").read_text())
+    assert set(metrics) == {"sub0", "sub1", "ensemble", "fused", "sub_mean"}
+    assert all(0 <= m["top1_err"] <= 100 and m["top5_err"] <= m["top1_err"] for m in metrics.values())
+    live = json.loads((workdir / "dvclive/metrics.json").read_text())
+    assert live["step"] == 1 and {"sub0", "sub1", "ensemble", "fused"} <= set(live["val"]["acc"])
+    assert {"ce_fused", "ekd", "fkd_sub0", "fkd_sub1", "total"} <= set(live["train"]["loss"])
+    tsv = (workdir / "dvclive/plots/metrics/lr.tsv").read_text().splitlines()
+    assert tsv[0].split("\t") == ["step", "lr"] and len(tsv) == 3
+    # The artifact loads with weights_only and reproduces the evaluated numbers.
+    raw = torch.load(workdir / "models/model.pt", weights_only=True)
+    assert raw["spec"]["method"] == "ffl"
+    method, info = load_model(workdir / "models/model.pt")
+    assert info["name"] == "shapes" and method.num_subnets == 2
+
+
+def test_set_overrides_apply_to_the_run(workdir):
+    assert ffl("prepare").exit_code == 0
+    result = ffl("train", "-S", "method.name=dml", "-S", "model.archs=[resnet8, wrn10_1]", "-S", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    method, _ = load_model(workdir / "models/model.pt")
+    assert method.spec()["method"] == "dml" and method.spec()["archs"] == ["resnet8", "wrn10_1"]
+
+
+def test_other_params_file(workdir):
+    other = workdir / "other"
+    other.mkdir()
+    write_params(other, tiny_params(seed=7))
+    assert ffl("prepare", "--params", str(other / "params.yaml")).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "-S", "method.temperature=-3"], "error: method.temperature: Input should be greater than 0"),
+        (["train", "-S", "model.archs=[resnet8, nope]"], "error: model.archs.1: unknown architecture 'nope'"),
+        (["train", "-S", "train.lrr=1"], "error: train.lrr: unknown key"),
+        (["evaluate", "-S", "train.epochs=1.5"], "error: train.epochs: Input should be a valid integer"),
+        (["prepare", "-S", "model.archs=[resnet8, resnet18]", "-S", "model.shared=false"], "error: model.archs:"),
+    ],
+)
+def test_bad_params_stop_before_any_work_and_touch_nothing(workdir, args, message):
+    assert ffl("prepare").exit_code == 0
+    (workdir / "metrics").mkdir()
+    (workdir / "metrics/test.json").write_text('{"fused": {"top1_err": 1.0}}')
+    before = snapshot(workdir)
+    result = ffl(*args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [result.output.strip()]  # one line
+    assert result.output.startswith(message)
+    assert snapshot(workdir) == before
+
+
+def test_missing_prepared_data_and_missing_model(workdir):
+    result = ffl("train")
+    assert result.exit_code == 2 and "no prepared dataset" in result.output
+    result = ffl("evaluate")
+    assert result.exit_code == 2 and "models/model.pt: no such file" in result.output
+
+
+def test_missing_cifar_names_the_root(workdir):
+    result = ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=nowhere")
+    assert result.exit_code == 2
+    assert "data.root: cifar10 not found or corrupted under nowhere" in result.output
+    assert not (workdir / "data").exists()
+
+
+def test_a_real_process_fails_with_one_line_and_no_traceback(workdir):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", "-S", "method.name=resnet"],
+        capture_output=True, text=True, cwd=workdir, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: method.name: Input should be 'ffl'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

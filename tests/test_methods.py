@@ -1,0 +1,200 @@
+"""The method pinned down: loss terms, where gradients go, heterogeneous and N = 3 fusion, ablations."""
+
+import pytest
+import torch
+
+from ffl.fusion import FusionModule
+from ffl.losses import kd_loss, sigmoid_rampup
+from ffl.methods import DML, FFL, ONE, DualNet, Vanilla, build_method
+from ffl.models import SubNetworks
+
+TINY = "resnet8"
+
+
+def grads_of(module):
+    return [p.grad for p in module.parameters()]
+
+
+def has_grad(module):
+    return any(g is not None and g.abs().sum() > 0 for g in grads_of(module))
+
+
+def test_ffl_loss_terms_equal_the_hand_computed_recipe():
+    method = FFL([TINY, TINY], num_classes=3, temperature=2.0, rampup_epochs=10, ekd_weight=0.5, fkd_weight=2.0)
+    sub0 = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    sub1 = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    fused = torch.tensor([[1.0, 1.0, -1.0], [0.5, 0.0, 1.0]])
+    y = torch.tensor([0, 2])
+    outputs = {"sub0": sub0, "sub1": sub1, "ensemble": (sub0 + sub1) / 2, "fused": fused}
+    terms = method.loss(outputs, y, epoch=5)
+    ce = torch.nn.functional.cross_entropy
+    w = sigmoid_rampup(5, 10)
+    assert set(terms) == {"ce_sub0", "ce_sub1", "ce_fused", "ekd", "fkd_sub0", "fkd_sub1"}
+    assert terms["ce_sub0"].item() == pytest.approx(ce(sub0, y).item())
+    assert terms["ce_fused"].item() == pytest.approx(ce(fused, y).item())
+    assert terms["ekd"].item() == pytest.approx(w * 0.5 * kd_loss(fused, (sub0 + sub1) / 2, 2.0).item())
+    assert terms["fkd_sub1"].item() == pytest.approx(w * 2.0 * kd_loss(sub1, fused, 2.0).item())
+
+
+def test_gradients_reach_the_fusion_module_and_every_branch(images, targets):
+    method = FFL([TINY, TINY], num_classes=4)
+    terms = method.loss(method(images), targets, epoch=100)
+    torch.stack(list(terms.values())).sum().backward()
+    assert has_grad(method.fusion)
+    for branch in method.net.branches:
+        assert has_grad(branch)
+    assert has_grad(method.net.trunk)
+
+
+def test_shared_layers_receive_gradients_from_every_branch(images, targets):
+    method = FFL([TINY, TINY], num_classes=4)
+    for i in range(2):
+        method.zero_grad()
+        out = method(images)
+        method.loss(out, targets, epoch=0)[f"ce_sub{i}"].backward()
+        assert has_grad(method.net.trunk), f"branch {i} sends no gradient to the shared layers"
+        assert has_grad(method.net.branches[i]) and not has_grad(method.net.branches[1 - i])
+
+
+def test_kd_teachers_are_detached(images, targets):
+    method = FFL([TINY, TINY], num_classes=4)
+    out = method(images)
+    method.loss(out, targets, epoch=100)["ekd"].backward()  # ensemble -> fused: only the fusion side learns
+    assert has_grad(method.fusion)
+    assert not has_grad(method.net.heads)
+    method.zero_grad()
+    out = method(images)
+    method.loss(out, targets, epoch=100)["fkd_sub0"].backward()  # fused -> sub0: the fusion module is the teacher
+    assert not has_grad(method.fusion)
+    assert has_grad(method.net.heads[0]) and not has_grad(method.net.heads[1])
+
+
+def test_heterogeneous_subnetworks_fuse(images, targets):
+    method = FFL(["resnet8", "wrn10_2"], num_classes=4, shared=False)
+    assert method.net.out_channels == [64, 128]
+    assert method.fusion.in_channels == [64, 128]
+    out = method(images)
+    assert out["fused"].shape == (4, 4)
+    torch.stack(list(method.loss(out, targets, 0).values())).sum().backward()
+    assert all(has_grad(b) for b in method.net.branches)
+
+
+def test_three_subnetworks(images, targets):
+    method = FFL([TINY] * 3, num_classes=4, fusion_width=32)
+    out = method(images)
+    assert set(out) == {"sub0", "sub1", "sub2", "ensemble", "fused"}
+    assert method.fusion.in_channels == [64, 64, 64] and method.fusion.width == 32
+    terms = method.loss(out, targets, 0)
+    assert {"fkd_sub0", "fkd_sub1", "fkd_sub2", "ekd"} <= set(terms)
+
+
+@pytest.mark.parametrize(
+    ("switch", "removed"),
+    [({"ekd": False}, {"ekd"}), ({"fkd": False}, {"fkd_sub0", "fkd_sub1"}), ({"fusion": False, "ekd": False}, {"ekd"})],
+)
+def test_each_ablation_switch_removes_exactly_its_term(switch, removed, images, targets):
+    full = set(FFL([TINY, TINY], num_classes=4).loss(FFL([TINY, TINY], num_classes=4)(images), targets, 0))
+    method = FFL([TINY, TINY], num_classes=4, **switch)
+    out = method(images)
+    assert set(method.loss(out, targets, 0)) == full - removed
+
+
+def test_without_fusion_module_the_fused_output_is_the_plain_ensemble(images):
+    method = FFL([TINY, TINY], num_classes=4, fusion=False, ekd=False)
+    out = method(images)
+    assert method.fusion is None
+    assert torch.equal(out["fused"], out["ensemble"])
+    with pytest.raises(ValueError, match="EKD"):
+        FFL([TINY, TINY], num_classes=4, fusion=False)
+
+
+def test_fusion_refuses_maps_of_different_spatial_sizes():
+    with pytest.raises(ValueError, match="spatial"):
+        FFL(["resnet8", "resnet18"], num_classes=4, shared=False)
+    fm = FusionModule([8, 8], num_classes=3)
+    with pytest.raises(ValueError, match="spatial"):
+        fm([torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4)])
+
+
+def test_fusion_module_is_depthwise_then_pointwise():
+    fm = FusionModule([64, 128], num_classes=10, kernel_size=5)
+    dw, pw = fm.depthwise[0], fm.pointwise[0]
+    assert dw.groups == 192 and dw.kernel_size == (5, 5) and dw.bias is None
+    assert pw.in_channels == 192 and pw.out_channels == 64 and pw.kernel_size == (1, 1)
+    assert fm([torch.randn(2, 64, 8, 8), torch.randn(2, 128, 8, 8)]).shape == (2, 10)
+
+
+def test_fusion_module_gets_its_own_weight_decay():
+    method = FFL([TINY, TINY], num_classes=4)
+    groups = method.param_groups(1e-4, 1e-5)
+    assert [g["weight_decay"] for g in groups] == [1e-4, 1e-5]
+    fusion_ids = {id(p) for p in method.fusion.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == fusion_ids
+    assert not fusion_ids & {id(p) for p in groups[0]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(method.parameters()))
+
+
+def test_shared_branches_share_parameters_and_independent_nets_do_not():
+    shared = SubNetworks([TINY, TINY], 10, shared=True)
+    indep = SubNetworks([TINY, TINY], 10, shared=False)
+    n_shared = sum(p.numel() for p in shared.parameters())
+    n_indep = sum(p.numel() for p in indep.parameters())
+    assert n_shared < n_indep
+    with pytest.raises(ValueError, match="one architecture"):
+        SubNetworks(["resnet8", "resnet14"], 10, shared=True)
+
+
+def test_baselines_follow_the_contract(images, targets):
+    for method in (
+        DML([TINY, "wrn10_1"], num_classes=4),
+        ONE([TINY] * 3, num_classes=4),
+        DualNet([TINY, TINY], num_classes=4, epochs=10),
+        Vanilla([TINY], num_classes=4),
+    ):
+        out = method(images)
+        assert all(z.shape == (4, 4) for z in out.values())
+        terms = method.loss(out, targets, epoch=1)
+        torch.stack(list(terms.values())).sum().backward()
+        assert has_grad(method)
+
+
+def test_dml_kd_is_towards_the_other_peers():
+    method = DML([TINY, TINY, TINY], num_classes=3, temperature=1.0)
+    subs = [torch.randn(2, 3) for _ in range(3)]
+    out = {f"sub{i}": z for i, z in enumerate(subs)}
+    terms = method.loss(out, torch.tensor([0, 1]), 0)
+    expected = (kd_loss(subs[0], subs[1], 1.0) + kd_loss(subs[0], subs[2], 1.0)) / 2
+    assert terms["kd_sub0"].item() == pytest.approx(expected.item())
+
+
+def test_one_gate_weighs_branches_into_the_ensemble(images):
+    method = ONE([TINY] * 3, num_classes=4)
+    out = method(images)
+    w = method.gate(method.net.forward_trunk(images))
+    assert torch.allclose(w.sum(1), torch.ones(4))
+    assert torch.allclose(out["ensemble"], sum(w[:, i : i + 1] * out[f"sub{i}"] for i in range(3)), atol=1e-5)
+
+
+def test_dualnet_alternates_the_updated_subnetwork(images, targets):
+    method = DualNet([TINY, TINY], num_classes=4, epochs=10, finetune_fraction=0.2)
+    updated = []
+    for _ in range(2):
+        method.zero_grad()
+        out = method(images)
+        torch.stack(list(method.loss(out, targets, 0).values())).sum().backward()
+        updated.append([has_grad(b) for b in method.net.branches])
+    assert updated == [[True, False], [False, True]]
+    method.set_epoch(9)  # fine-tuning: only the fused classifier learns
+    method.zero_grad()
+    out = method(images)
+    torch.stack(list(method.loss(out, targets, 9).values())).sum().backward()
+    assert not any(has_grad(b) for b in method.net.branches) and has_grad(method.fused_head)
+
+
+def test_spec_rebuilds_the_same_method(images):
+    method = FFL(["resnet8", "wrn10_2"], num_classes=4, shared=False, temperature=4.0)
+    method.eval()
+    clone = build_method(method.spec())
+    clone.load_state_dict(method.state_dict())
+    clone.eval()
+    assert torch.equal(clone(images)["fused"], method(images)["fused"])

@@ -1,0 +1,80 @@
+import pytest
+
+from pipeline.errors import ParamsError
+from pipeline.params import apply_overrides, load_params, method_spec, validate
+from tests.helpers import ROOT, tiny_params
+
+
+def test_the_shipped_params_files_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.method.name == "ffl" and p.shared()
+    full = load_params(ROOT / "configs/cifar100_resnet32.yaml")
+    assert full.data.source == "cifar100" and full.model.archs == ["resnet32", "resnet32"]
+    assert full.train.epochs == 300 and full.train.milestone_epochs() == [150, 225]
+    assert full.train.fusion_weight_decay == 1e-5 and full.train.nesterov and full.method.temperature == 3
+
+
+def test_overrides_use_dvc_exp_run_syntax():
+    raw = apply_overrides(tiny_params(), ["train.lr=0.05", "model.archs=[resnet8, wrn10_2]", "fusion.width=null"])
+    p = validate(raw)
+    assert p.train.lr == 0.05 and p.model.archs == ["resnet8", "wrn10_2"] and p.fusion.width is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "reason"),
+    [
+        (["train.lrr=0.1"], "train.lrr", "unknown key"),
+        (["bogus=1"], "bogus", "unknown key"),
+        (["method.ekd.wieght=1"], "method.ekd.wieght", "unknown key"),
+        (["train.epochs=ten"], "train.epochs", "integer"),
+        (["train.nesterov=maybe"], "train.nesterov", "boolean"),
+        (["method.temperature=-1"], "method.temperature", "greater than 0"),
+        (["train.lr=0"], "train.lr", "greater than 0"),
+        (["train.epochs=0"], "train.epochs", "greater than or equal to 1"),
+        (["data.val_fraction=1.5"], "data.val_fraction", "less than 1"),
+        (["train.milestones=[0.75, 0.5]"], "train.milestones", "increasing"),
+        (["model.archs=[resnet8, resnet7]"], "model.archs.1", "unknown architecture 'resnet7'"),
+        (["method.name=moe"], "method.name", "'ffl'"),
+        (["fusion.kernel_size=2"], "fusion.kernel_size", "odd"),
+        (["model.archs=[resnet8, resnet18]", "model.shared=false"], "model.archs", "spatial sizes"),
+        (["model.archs=[resnet8]"], "model.archs", "at least 2"),
+        (["model.archs=[resnet8, wrn10_2]", "model.shared=true"], "model.shared", "one architecture"),
+        (["method.name=one", "model.shared=false"], "model.shared", "ONE"),
+        (["method.name=dml", "model.shared=true"], "model.shared", "independent"),
+        (["fusion.enabled=false"], "method.ekd.enabled", "fusion"),
+        (["method.name=dualnet", "model.archs=[resnet8, wrn10_2]"], "model.archs", "channel counts"),
+        (["train.momentum=0"], "train.nesterov", "momentum"),
+        (["train.device=tpu"], "train.device", "expected auto"),
+        (["train"], "train", "key=value"),
+    ],
+)
+def test_bad_values_name_the_dotted_key_and_the_reason(overrides, key, reason):
+    with pytest.raises(ParamsError) as e:
+        validate(apply_overrides(tiny_params(), overrides))
+    assert e.value.key == key
+    assert reason in e.value.reason
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  lr: [0.1\n")
+    with pytest.raises(ParamsError, match=r"malformed YAML at line \d+"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(bad)
+
+
+def test_shared_auto_follows_the_method():
+    assert validate(tiny_params()).shared() is True
+    assert validate(apply_overrides(tiny_params(), ["model.archs=[resnet8, wrn10_2]"])).shared() is False
+    assert validate(apply_overrides(tiny_params(), ["method.name=dml"])).shared() is False
+    assert validate(apply_overrides(tiny_params(), ["method.name=one"])).shared() is True
+
+
+def test_method_spec_carries_the_ablation_switches():
+    p = validate(apply_overrides(tiny_params(), ["fusion.enabled=false", "method.ekd.enabled=false"]))
+    spec = method_spec(p, 10)
+    assert spec["fusion"] is False and spec["ekd"] is False and spec["fkd"] is True
