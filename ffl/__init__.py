@@ -14,6 +14,21 @@ from ffl.methods import DML, FFL, METHODS, ONE, DualNet, Vanilla, build_method
 from ffl.metrics import evaluate
 
 __all__ = [
-    "DML", "FFL", "METHODS", "ONE", "ArrayDataset", "Augment", "DeviceLoader", "DualNet", "FusionModule",
-    "NonFiniteLoss", "TrainConfig", "Trainer", "Vanilla", "build_method", "evaluate", "load_cifar", "make_shapes",
-]  # fmt: skip
+    "DML",
+    "FFL",
+    "METHODS",
+    "ONE",
+    "ArrayDataset",
+    "Augment",
+    "DeviceLoader",
+    "DualNet",
+    "FusionModule",
+    "NonFiniteLoss",
+    "TrainConfig",
+    "Trainer",
+    "Vanilla",
+    "build_method",
+    "evaluate",
+    "load_cifar",
+    "make_shapes",
+]

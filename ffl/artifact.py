@@ -13,8 +13,9 @@ MODEL_FORMAT = "ffl-model-v1"
 def save_model(method: Method, path: str | Path, dataset: dict | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in method.state_dict().items() if hasattr(v, "detach")}
     extra = {k: v for k, v in method.state_dict().items() if not hasattr(v, "detach")}
-    atomic_save({"format": MODEL_FORMAT, "spec": method.spec(), "state_dict": state | extra,
-                 "dataset": dataset or {}}, path)  # fmt: skip
+    atomic_save(
+        {"format": MODEL_FORMAT, "spec": method.spec(), "state_dict": state | extra, "dataset": dataset or {}}, path
+    )
 
 
 def load_model(path: str | Path) -> tuple[Method, dict]:

@@ -40,7 +40,10 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 225])
     gamma: float = 0.1
     precision: str = "auto"
-    compile: bool = False
+    # torch.compile mode for the forward pass: None (eager), "default", "reduce-overhead" (CUDA
+    # graphs: on a GPU small CIFAR nets are bound by kernel launches, which graphs remove),
+    # "max-autotune".
+    compile: str | None = None
 
 
 def multistep_factor(milestones: list[int], gamma: float):
@@ -90,14 +93,19 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(
             method.param_groups(config.weight_decay, config.aux_weight_decay),
-            lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
             **({"fused": True} if fused else {"foreach": True}),
-        )  # fmt: skip
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, multistep_factor(config.milestones, config.gamma)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.forward = torch.compile(method) if config.compile else method
+        # Forward, loss and the step's statistics compile as one function: with CUDA graphs
+        # (reduce-overhead) all of it replays as one launch; the epoch enters as a tensor.
+        self.step_fn = torch.compile(self._forward_loss, mode=config.compile) if config.compile else self._forward_loss
+        self.graphed = config.compile in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
         self.history: list[dict] = []
         self.start_epoch = 0
         self.stopped = False
@@ -148,6 +156,14 @@ class Trainer:
         return False
 
     # -- the loop ----------------------------------------------------------------------------
+    def _forward_loss(self, x, y, epoch):
+        with autocast(self.device, self.precision):
+            outputs = self.method(x)
+        terms = self.method.loss(outputs, y, epoch)
+        total = torch.stack(list(terms.values())).sum()
+        correct = {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
+        return total, terms, correct
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         method, loader = self.method, self.train_loader
         method.train()
@@ -157,14 +173,16 @@ class Trainer:
         counts: dict[str, int] = {}
 
         def add(key, value, n):
-            sums[key] = sums[key] + value if key in sums else value
+            # Always a new tensor: a CUDA-graph output is overwritten by the next replay.
+            sums[key] = sums[key] + value if key in sums else value.clone()
             counts[key] = counts.get(key, 0) + n
 
+        epoch_arg = torch.tensor(float(epoch), device=self.device) if self.config.compile else epoch
         for step, (x, y) in enumerate(loader):
-            with autocast(self.device, self.precision):
-                outputs = self.forward(x)
-            terms = method.loss(outputs, y, epoch)
-            total = torch.stack(list(terms.values())).sum()
+            if self.graphed:
+                # The previous step's graph outputs are consumed: let the graph replay over them.
+                torch.compiler.cudagraph_mark_step_begin()
+            total, terms, correct = self.step_fn(x, y, epoch_arg)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
@@ -173,8 +191,8 @@ class Trainer:
             for name, value in terms.items():
                 add(f"train/loss/{name}", value.detach() * b, b)
             add("train/loss/total", total.detach() * b, b)
-            for name, logits in outputs.items():
-                add(f"train/acc/{name}", topk_correct(logits.detach(), y, ks=(1,))[0], b)
+            for name, hits in correct.items():
+                add(f"train/acc/{name}", hits, b)
             for cb in self.callbacks:
                 cb.on_step(self, epoch, step)
         keys = list(sums)
@@ -183,8 +201,13 @@ class Trainer:
         for k, v in zip(keys, values):
             metrics[k] = v / counts[k] * (100.0 if k.startswith("train/acc/") else 1.0)
             if k.startswith("train/loss/") and not math.isfinite(metrics[k]):
-                bad = [n for n in keys if n.startswith("train/loss/") and n != "train/loss/total"
-                       and not math.isfinite(values[keys.index(n)])]  # fmt: skip
+                bad = [
+                    n
+                    for n in keys
+                    if n.startswith("train/loss/")
+                    and n != "train/loss/total"
+                    and not math.isfinite(values[keys.index(n)])
+                ]
                 raise NonFiniteLoss(epoch, (bad or [k])[0].removeprefix("train/loss/"), metrics[k])
         return metrics
 

@@ -24,12 +24,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
-def sigmoid_rampup(epoch: float, length: float) -> float:
+def sigmoid_rampup(epoch, length: float):
     """exp(-5 (1 - min(e, R)/R)^2): the mean-teacher ramp-up that ONE and FFL weigh KD with.
 
-    ``length`` 0 switches the ramp-up off (weight 1 from the start).
+    ``length`` 0 switches the ramp-up off (weight 1 from the start). ``epoch`` may be a 0-d
+    tensor: a compiled training step then takes it as an input instead of recompiling per epoch.
     """
     if length <= 0:
         return 1.0
+    if isinstance(epoch, torch.Tensor):
+        phase = 1.0 - epoch.clamp(0.0, length) / length
+        return torch.exp(-5.0 * phase * phase)
     phase = 1.0 - min(max(epoch, 0.0), length) / length
     return math.exp(-5.0 * phase * phase)

@@ -14,10 +14,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    # bf16 on CPUs is emulated on most of them and slower than fp32: auto keeps fp32 there.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # On CPUs without native bf16 units (AVX512-BF16, AMX) bf16 is emulated and slower than fp32.
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # the op is private: absent in some builds
+        return False
 
 
 def autocast(device: torch.device, precision: str):

@@ -54,9 +54,14 @@ class ProgressCallback(Callback):
         if not self.enabled:
             return
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"), console=self.console, transient=False,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+        )
         self.progress.start()
         self.epochs = self.progress.add_task("epochs", total=trainer.config.epochs, completed=start_epoch, info="")
         self.steps = self.progress.add_task("steps", total=len(trainer.train_loader), info="")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +13,12 @@ import typer
 
 from pipeline.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Feature Fusion Learning: prepare, train, evaluate, tune, bench.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Feature Fusion Learning: prepare, train, evaluate, tune, bench.",
+)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (dvc's params.yaml by default)")]
 SetOpt = Annotated[
@@ -26,6 +31,10 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def stage(fn):
     """Turns the project's expected failures into one line on stderr and a non-zero exit."""
 
@@ -33,6 +42,9 @@ def stage(fn):
     def wrapper(*args, **kwargs):
         from pipeline.stages import TrainingFailed
 
+        # SIGTERM (a scheduler pre-empting the job) ends the run like Ctrl-C: the last checkpoint
+        # is whole either way, this only makes the exit say so.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return fn(*args, **kwargs)
         except UserError as e:

@@ -105,7 +105,7 @@ class TrainParams(Section):
     gamma: float = Field(0.1, gt=0, le=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    compile: bool = False
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     device: str = "auto"
 
     @field_validator("device")
@@ -247,6 +247,8 @@ def check_consistency(p: Params) -> None:
             raise ParamsError("model.archs", "dualnet sums feature maps: their channel counts must match")
     if name == "ffl" and p.method.ekd.enabled and not p.fusion.enabled:
         raise ParamsError("method.ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
+    if name == "dualnet" and p.train.compile != "off":
+        raise ParamsError("train.compile", "dualnet alternates its updates in Python: it trains eagerly (off)")
     if p.train.nesterov and p.train.momentum == 0:
         raise ParamsError("train.nesterov", "Nesterov momentum needs train.momentum > 0")
 
@@ -257,14 +259,28 @@ def method_spec(p: Params, num_classes: int) -> dict[str, Any]:
     common = {"method": m.name, "archs": list(p.model.archs), "num_classes": num_classes, "shared": p.shared()}
     if m.name == "ffl":
         return common | {
-            "fusion": p.fusion.enabled, "fusion_width": p.fusion.width, "fusion_kernel_size": p.fusion.kernel_size,
-            "temperature": m.temperature, "rampup_epochs": m.rampup_epochs, "ce_weight": m.ce_weight,
-            "ekd": m.ekd.enabled, "ekd_weight": m.ekd.weight, "fkd": m.fkd.enabled, "fkd_weight": m.fkd.weight,
-        }  # fmt: skip
+            "fusion": p.fusion.enabled,
+            "fusion_width": p.fusion.width,
+            "fusion_kernel_size": p.fusion.kernel_size,
+            "temperature": m.temperature,
+            "rampup_epochs": m.rampup_epochs,
+            "ce_weight": m.ce_weight,
+            "ekd": m.ekd.enabled,
+            "ekd_weight": m.ekd.weight,
+            "fkd": m.fkd.enabled,
+            "fkd_weight": m.fkd.weight,
+        }
     if m.name in ("dml", "one"):
-        return common | {"temperature": m.temperature, "rampup_epochs": m.rampup_epochs,
-                         "ce_weight": m.ce_weight, "kd_weight": m.kd_weight}  # fmt: skip
+        return common | {
+            "temperature": m.temperature,
+            "rampup_epochs": m.rampup_epochs,
+            "ce_weight": m.ce_weight,
+            "kd_weight": m.kd_weight,
+        }
     if m.name == "dualnet":
-        return common | {"ce_weight": m.ce_weight, "epochs": p.train.epochs,
-                         "finetune_fraction": m.dualnet.finetune_fraction}  # fmt: skip
+        return common | {
+            "ce_weight": m.ce_weight,
+            "epochs": p.train.epochs,
+            "finetune_fraction": m.dualnet.finetune_fraction,
+        }
     return common | {"ce_weight": m.ce_weight}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -70,7 +71,7 @@ def load_prepared(directory: Path = paths.PREPARED) -> ArrayDataset:
         return ArrayDataset.load(directory)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{directory}: prepared dataset is unreadable ({e}); run `ffl prepare` again") from None
 
 
@@ -93,20 +94,35 @@ def build_trainer(params: Params, data: ArrayDataset, device: torch.device, call
             f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})"
         )
     train_loader = DeviceLoader(
-        data.splits["train"], t.batch_size, data.mean, data.std, device,
-        augment=Augment(a.pad, a.pad_mode, a.flip), shuffle=True, drop_last=True,
-        seed=params.seed, channels_last=t.channels_last,
-    )  # fmt: skip
+        data.splits["train"],
+        t.batch_size,
+        data.mean,
+        data.std,
+        device,
+        augment=Augment(a.pad, a.pad_mode, a.flip),
+        shuffle=True,
+        drop_last=True,
+        seed=params.seed,
+        channels_last=t.channels_last,
+    )
     val = data.splits.get("val")
     val_loader = None
     if val is not None and len(val):
-        val_loader = DeviceLoader(val, params.evaluate.batch_size, data.mean, data.std, device,
-                                  channels_last=t.channels_last)  # fmt: skip
+        val_loader = DeviceLoader(
+            val, params.evaluate.batch_size, data.mean, data.std, device, channels_last=t.channels_last
+        )
     config = TrainConfig(
-        epochs=t.epochs, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
-        aux_weight_decay=t.fusion_weight_decay, milestones=t.milestone_epochs(), gamma=t.gamma,
-        precision=t.precision, compile=t.compile,
-    )  # fmt: skip
+        epochs=t.epochs,
+        lr=t.lr,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        weight_decay=t.weight_decay,
+        aux_weight_decay=t.fusion_weight_decay,
+        milestones=t.milestone_epochs(),
+        gamma=t.gamma,
+        precision=t.precision,
+        compile=None if t.compile == "off" else t.compile,
+    )
     return Trainer(method, train_loader, config, val_loader, list(callbacks), checkpoint, run_config(params))
 
 
@@ -134,8 +150,11 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
             trainer.fit()
         except NonFiniteLoss as e:
             raise TrainingFailed(str(e)) from None
-        save_model(trainer.method, paths.MODEL, {"name": data.name, "classes": data.classes,
-                                                 "mean": list(data.mean), "std": list(data.std)})  # fmt: skip
+        save_model(
+            trainer.method,
+            paths.MODEL,
+            {"name": data.name, "classes": data.classes, "mean": list(data.mean), "std": list(data.std)},
+        )
         # The finished run lives on in the model file; a stale checkpoint would only block the next
         # configuration from starting.
         paths.CHECKPOINT.unlink(missing_ok=True)
@@ -163,8 +182,14 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
     except CheckpointError as e:
         raise UserError(str(e)) from None
     data = load_prepared()
-    loader = DeviceLoader(data.splits["test"], params.evaluate.batch_size, data.mean, data.std, device,
-                          channels_last=params.train.channels_last)  # fmt: skip
+    loader = DeviceLoader(
+        data.splits["test"],
+        params.evaluate.batch_size,
+        data.mean,
+        data.std,
+        device,
+        channels_last=params.train.channels_last,
+    )
     method.to(device)
     if params.train.channels_last:
         method.to(memory_format=torch.channels_last)

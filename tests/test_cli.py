@@ -109,8 +109,11 @@ def test_a_real_process_fails_with_one_line_and_no_traceback(workdir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "train", "-S", "method.name=resnet"],
-        capture_output=True, text=True, cwd=workdir, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: method.name: Input should be 'ffl'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -51,8 +51,13 @@ class ArrayDataset:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, directory / "arrays.npz")
-        meta = {"name": self.name, "classes": self.classes, "mean": list(self.mean), "std": list(self.std),
-                "sizes": {k: len(v) for k, v in self.splits.items()}}  # fmt: skip
+        meta = {
+            "name": self.name,
+            "classes": self.classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+        }
         tmp = directory / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp, directory / "meta.json")

@@ -59,7 +59,10 @@ def load_cifar(name: str, root: str | Path, val_fraction: float, seed: int, down
     train_x, train_y = arrays(train)
     test_x, test_y = arrays(test)
     keep, held = stratified_split(train_y, val_fraction, seed)
-    splits = {"train": Split(train_x[keep], train_y[keep]), "val": Split(train_x[held], train_y[held]),
-              "test": Split(test_x, test_y)}  # fmt: skip
+    splits = {
+        "train": Split(train_x[keep], train_y[keep]),
+        "val": Split(train_x[held], train_y[held]),
+        "test": Split(test_x, test_y),
+    }
     mean, std = (CIFAR100_MEAN, CIFAR100_STD) if name == "cifar100" else channel_stats(train_x)
     return ArrayDataset(name, list(train.classes), mean, std, splits)

@@ -72,9 +72,14 @@ def _render(labels: np.ndarray, rng: np.random.Generator, noise: float) -> np.nd
 
     # A distractor (a shape of a random class, small) first, so the labelled shape is on top.
     img = paint(
-        img, rng.integers(0, len(CLASSES), n), rng.uniform(2, 30, n), rng.uniform(2, 30, n),
-        rng.uniform(2.5, 4.5, n), rng.uniform(-np.pi, np.pi, n), rng.uniform(0, 1, (n, 3)),
-    )  # fmt: skip
+        img,
+        rng.integers(0, len(CLASSES), n),
+        rng.uniform(2, 30, n),
+        rng.uniform(2, 30, n),
+        rng.uniform(2.5, 4.5, n),
+        rng.uniform(-np.pi, np.pi, n),
+        rng.uniform(0, 1, (n, 3)),
+    )
     bg = img.mean(axis=(2, 3))
     fg = rng.uniform(0, 1, (n, 3))
     low_contrast = np.linalg.norm(fg - bg, axis=1) < 0.35

@@ -46,11 +46,20 @@ class FFL(Method):
         if fusion:
             check_fusable(archs)
         super().__init__(
-            archs, num_classes, shared,
-            fusion=fusion, fusion_width=fusion_width, fusion_kernel_size=fusion_kernel_size,
-            temperature=temperature, rampup_epochs=rampup_epochs, ce_weight=ce_weight,
-            ekd=ekd, ekd_weight=ekd_weight, fkd=fkd, fkd_weight=fkd_weight,
-        )  # fmt: skip
+            archs,
+            num_classes,
+            shared,
+            fusion=fusion,
+            fusion_width=fusion_width,
+            fusion_kernel_size=fusion_kernel_size,
+            temperature=temperature,
+            rampup_epochs=rampup_epochs,
+            ce_weight=ce_weight,
+            ekd=ekd,
+            ekd_weight=ekd_weight,
+            fkd=fkd,
+            fkd_weight=fkd_weight,
+        )
         self.fusion = (
             FusionModule(self.net.out_channels, num_classes, fusion_width, fusion_kernel_size) if fusion else None
         )

@@ -47,9 +47,14 @@ class ONE(Method):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         super().__init__(
-            archs, num_classes, shared,
-            temperature=temperature, rampup_epochs=rampup_epochs, ce_weight=ce_weight, kd_weight=kd_weight,
-        )  # fmt: skip
+            archs,
+            num_classes,
+            shared,
+            temperature=temperature,
+            rampup_epochs=rampup_epochs,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
+        )
         self.gate = Gate(self.net.low_channels, len(archs))
         self.temperature = temperature
         self.rampup_epochs = rampup_epochs

@@ -1,0 +1,308 @@
+"""Training-step throughput: this project's FFL step against a faithful reference of the authors' recipe.
+
+The reference is the authors' loop (github.com/Jangho-Kim/FFL-pytorch, train_FFL.py): a DataLoader
+of PIL images with torchvision transforms (reflect pad, flip, crop, to-tensor, normalise) and
+their 4 workers, eager fp32 NCHW, two SGD optimisers (sub-networks, fusion module), and a
+``loss.item()`` plus per-classifier accuracy read back to the host every step. Both sides train
+the same model with the same loss, on CIFAR-shaped random data, timed after a warm-up with the
+device synchronised. Runs without DVC, Ray or Typer: ``python -m ffl.bench --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ffl.data import Augment, DeviceLoader, Split
+from ffl.engine import TrainConfig, Trainer
+from ffl.methods import FFL
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+@dataclass
+class Result:
+    label: str
+    images_per_s: float
+    step_ms: float
+    compile_s: float = 0.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_cifar(n: int, num_classes: int, seed: int = 0) -> Split:
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, num_classes, n))
+
+
+class PILArrays(torch.utils.data.Dataset):
+    """torchvision's CIFAR ``__getitem__``: a uint8 HWC array -> PIL image -> transform."""
+
+    def __init__(self, split: Split, transform):
+        self.data = np.ascontiguousarray(split.images.transpose(0, 2, 3, 1))
+        self.targets = split.labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def reference(
+    archs, num_classes, batch_size, device, steps, warmup, workers: int = 4, data: Split | None = None
+) -> Result:
+    from torchvision import transforms
+
+    transform = transforms.Compose(
+        [
+            transforms.Pad(4, padding_mode="reflect"),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
+        ]
+    )
+    data = data or random_cifar(batch_size * (steps + warmup + 1), num_classes)
+    loader = torch.utils.data.DataLoader(
+        PILArrays(data, transform), batch_size=batch_size, shuffle=True, num_workers=workers
+    )
+    torch.manual_seed(0)
+    method = FFL(list(archs), num_classes).to(device)
+    sub_params = [p for n, p in method.named_parameters() if not n.startswith("fusion.")]
+    opt = torch.optim.SGD(sub_params, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    opt_fm = torch.optim.SGD(method.fusion.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5, nesterov=True)
+    method.train()
+    it = iter(loader)
+    t0 = None
+    for step in range(warmup + steps):
+        if step == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        opt_fm.zero_grad()
+        out = method(x)
+        loss = sum(method.loss(out, y, 100).values())
+        loss.backward()
+        opt.step()
+        opt_fm.step()
+        _ = loss.item()  # the authors' running loss: a host sync every step
+        for name in ("sub0", "sub1", "fused"):
+            _ = out[name].argmax(1).eq(y).cpu().sum().item()
+    sync(device)
+    dt = time.perf_counter() - t0
+    return Result("reference", steps * batch_size / dt, 1000 * dt / steps)
+
+
+def project(
+    archs,
+    num_classes,
+    batch_size,
+    device,
+    steps,
+    warmup,
+    precision="auto",
+    channels_last=True,
+    compile=None,
+    label="project",
+    data: Split | None = None,
+) -> Result:
+    data = data or random_cifar(batch_size * steps, num_classes)
+    loader = DeviceLoader(
+        data,
+        batch_size,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        device,
+        augment=Augment(),
+        shuffle=True,
+        drop_last=True,
+        channels_last=channels_last,
+    )
+    torch.manual_seed(0)
+    method = FFL(list(archs), num_classes)
+    trainer = Trainer(method, loader, TrainConfig(epochs=10, precision=precision, compile=compile))
+    # Warm-up: one short epoch (compilation, cuDNN autotuning, allocator), timed for the compile cost.
+    warm = DeviceLoader(
+        random_cifar(batch_size * max(warmup, 1), num_classes, seed=1),
+        batch_size,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        device,
+        augment=Augment(),
+        drop_last=True,
+        channels_last=channels_last,
+    )
+    trainer.train_loader = warm
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.train_epoch(100)
+    sync(device)
+    compile_s = time.perf_counter() - t0 if compile else 0.0
+    trainer.train_epoch(100)  # CUDA graphs record on the second call of a compiled function
+    trainer.train_loader = loader
+    t0 = time.perf_counter()
+    trainer.train_epoch(100)  # ends with its one host sync
+    sync(device)
+    dt = time.perf_counter() - t0
+    return Result(label, steps * batch_size / dt, 1000 * dt / steps, compile_s)
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if device.type == "cuda":
+        desc = f"{torch.cuda.get_device_name(device)}; " + desc
+    return desc
+
+
+def table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    archs = [args.arch] * args.subnets
+    common = dict(num_classes=args.num_classes, device=device, steps=args.steps, warmup=args.warmup)
+    out = {"machine": machine(device), "device": str(device), "sections": {}}
+    print(f"# ffl bench on {out['machine']}\n")
+
+    ref = reference(archs, batch_size=args.batch_size, workers=args.ref_workers, **common)
+    fast = project(archs, batch_size=args.batch_size, precision=args.precision, **common)
+    best = fast
+    rows = [
+        [r.label, f"{r.images_per_s:.0f}", f"{r.step_ms:.1f}", f"{r.images_per_s / ref.images_per_s:.2f}x"]
+        for r in (ref, fast)
+    ]
+    if args.compile:
+        comp = project(
+            archs,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            compile=args.compile,
+            label=f"project + torch.compile({args.compile})",
+            **common,
+        )
+        best = max(best, comp, key=lambda r: r.images_per_s)
+        rows.append(
+            [
+                f"{comp.label} (compile {comp.compile_s:.0f} s)",
+                f"{comp.images_per_s:.0f}",
+                f"{comp.step_ms:.1f}",
+                f"{comp.images_per_s / ref.images_per_s:.2f}x",
+            ]
+        )
+    head = f"{args.arch} x{args.subnets}, {args.num_classes} classes, batch {args.batch_size}"
+    md = [f"## Training step, {head}\n", table(["path", "images/s", "ms/step", "vs reference"], rows)]
+    out["sections"]["step"] = rows
+    epoch_images = 45_000  # CIFAR's training set less a 5,000-image validation split
+    minutes = 300 * epoch_images / best.images_per_s / 60
+    md.append(
+        f"\nProjected 300-epoch run ({epoch_images} images/epoch) with {best.label}: {minutes:.1f} min "
+        f"(reference: {300 * epoch_images / ref.images_per_s / 60:.1f} min), evaluation not included."
+    )
+    out["projected_300_epochs_min"] = minutes
+    print("\n".join(md[-2:]) + "\n", flush=True)
+
+    if args.ablate:
+        ablation = []
+        settings = [
+            ("fp32, NCHW", dict(precision="fp32", channels_last=False)),
+            ("fp32, channels_last", dict(precision="fp32", channels_last=True)),
+            ("bf16, channels_last", dict(precision="bf16", channels_last=True)),
+        ]
+        if args.compile:
+            settings += [
+                (f"{label}, compile {args.compile}", dict(kw, compile=args.compile))
+                for label, kw in settings
+                if label != "fp32, channels_last"
+            ]
+        for label, kw in settings:
+            r = project(archs, batch_size=args.batch_size, label=label, **kw, **common)
+            ablation.append([label, f"{r.images_per_s:.0f}", f"{r.images_per_s / ref.images_per_s:.2f}x"])
+        md += [
+            "\n### What each setting buys (project path)\n",
+            table(["setting", "images/s", "vs reference"], ablation),
+        ]
+        out["sections"]["ablation"] = ablation
+        print(md[-1] + "\n", flush=True)
+
+    if args.scaling:
+        sweeps = {
+            "batch size": [(f"{b}", dict(archs=archs, batch_size=b)) for b in args.batch_sizes],
+            "depth": [(a, dict(archs=[a] * args.subnets, batch_size=args.batch_size)) for a in args.depths],
+            "sub-networks": [(f"{n}", dict(archs=[args.arch] * n, batch_size=args.batch_size)) for n in args.counts],
+        }
+        for name, points in sweeps.items():
+            rows = []
+            for label, kw in points:
+                r = project(precision=args.precision, compile=args.compile, **kw, **common)
+                rows.append([label, f"{r.images_per_s:.0f}", f"{r.step_ms:.1f}"])
+            md += [f"\n### Scaling with {name} (project path)\n", table([name, "images/s", "ms/step"], rows)]
+            out["sections"][name] = rows
+            print(md[-1] + "\n", flush=True)
+    out["markdown"] = "\n".join(md)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ffl bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", default="resnet32")
+    p.add_argument("--subnets", type=int, default=2)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--ref-workers", type=int, default=4, help="the reference DataLoader's workers (authors: 4)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="reduce-overhead",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="also time torch.compile in this mode (compile time reported apart; reduce-overhead = CUDA graphs)",
+    )
+    p.add_argument("--ablate", action="store_true", help="time precision and memory-format settings")
+    p.add_argument("--scaling", action="store_true", help="images/s against batch size, depth, sub-networks")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--depths", nargs="+", default=["resnet20", "resnet32", "resnet56", "resnet110"])
+    p.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    return p
+
+
+def main(argv=None) -> dict:
+    return run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
