@@ -7,7 +7,6 @@ on the held-out split; a checkpoint written atomically; then the callbacks.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +23,12 @@ CHECKPOINT_FORMAT = "ffl-checkpoint-v1"
 
 
 class NonFiniteLoss(RuntimeError):
-    def __init__(self, epoch: int, term: str, value: float):
-        super().__init__(f"loss term {term!r} became {value} in epoch {epoch}; the last good checkpoint is kept")
-        self.epoch, self.term, self.value = epoch, term, value
+    def __init__(self, epoch: int, term: str, value: float, step: int):
+        super().__init__(
+            f"loss term {term!r} became non-finite at step {step} of epoch {epoch} (epoch mean {value}); "
+            "the last good checkpoint is kept"
+        )
+        self.epoch, self.term, self.value, self.step = epoch, term, value, step
 
 
 @dataclass
@@ -85,8 +87,9 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         self.callbacks = list(callbacks)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        # What a checkpoint must match to be resumed: the caller's full config, plus the engine's.
-        self.run_config = {"run": run_config or {}, "train": asdict(config), "method": method.spec()}
+        # What a checkpoint must match to be resumed: the caller's config (the pipeline passes every
+        # param that changes the result) or, for library users, the engine's and the method's.
+        self.run_config = run_config or {"train": asdict(config), "method": method.spec()}
         method.to(self.device)
         if train_loader.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -169,14 +172,10 @@ class Trainer:
         method.train()
         method.set_epoch(epoch)
         loader.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-
-        def add(key, value, n):
-            # Always a new tensor: a CUDA-graph output is overwritten by the next replay.
-            sums[key] = sums[key] + value if key in sums else value.clone()
-            counts[key] = counts.get(key, 0) + n
-
+        # Device-side accumulators, one per set of term names (DualNet's terms change from step to
+        # step): summed values, sample count, and the first step at which each value went
+        # non-finite, so that a diverging run names the term that went bad first.
+        groups: dict[tuple[str, ...], list] = {}
         epoch_arg = torch.tensor(float(epoch), device=self.device) if self.config.compile else epoch
         for step, (x, y) in enumerate(loader):
             if self.graphed:
@@ -187,29 +186,42 @@ class Trainer:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/acc/{k}" for k in correct))
+            # torch.stack makes a new tensor: CUDA-graph outputs are overwritten by the next replay.
+            values = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float(),
+                                  *(c.float() for c in correct.values())])  # fmt: skip
             b = len(y)
-            for name, value in terms.items():
-                add(f"train/loss/{name}", value.detach() * b, b)
-            add("train/loss/total", total.detach() * b, b)
-            for name, hits in correct.items():
-                add(f"train/acc/{name}", hits, b)
+            group = groups.get(names)
+            if group is None:
+                bad = torch.where(torch.isfinite(values), -1, step)
+                groups[names] = [values * b, b, bad]
+            else:
+                group[0] = group[0] + values * b
+                group[1] += b
+                group[2] = torch.where((group[2] < 0) & ~torch.isfinite(values), step, group[2])
             for cb in self.callbacks:
                 cb.on_step(self, epoch, step)
-        keys = list(sums)
-        values = torch.stack([sums[k].float() for k in keys]).tolist()  # the one host sync of the epoch
-        metrics = {}
-        for k, v in zip(keys, values):
-            metrics[k] = v / counts[k] * (100.0 if k.startswith("train/acc/") else 1.0)
-            if k.startswith("train/loss/") and not math.isfinite(metrics[k]):
-                bad = [
-                    n
-                    for n in keys
-                    if n.startswith("train/loss/")
-                    and n != "train/loss/total"
-                    and not math.isfinite(values[keys.index(n)])
-                ]
-                raise NonFiniteLoss(epoch, (bad or [k])[0].removeprefix("train/loss/"), metrics[k])
-        return metrics
+        flat = torch.cat([torch.cat([g[0], g[2].float()]) for g in groups.values()]).tolist()  # the epoch's sync
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        first_bad: list[tuple[int, str, float]] = []
+        offset = 0
+        for names, (_, n, _) in groups.items():
+            k = len(names)
+            for i, name in enumerate(names):
+                value, bad_step = flat[offset + i], int(flat[offset + k + i])
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + n
+                if bad_step >= 0 and name.startswith("train/loss/") and name != "train/loss/total":
+                    first_bad.append((bad_step, name, value))
+            offset += 2 * k
+        if first_bad:
+            step, name, _ = min(first_bad)
+            raise NonFiniteLoss(epoch, name.removeprefix("train/loss/"), sums[name] / counts[name], step)
+        return {
+            name: total / counts[name] * (100.0 if name.startswith("train/acc/") else 1.0)
+            for name, total in sums.items()
+        }
 
     def fit(self) -> list[dict]:
         for cb in self.callbacks:

@@ -7,6 +7,7 @@ without a fusion module). Inside, code takes these typed objects.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,14 +106,14 @@ class TrainParams(Section):
     gamma: float = Field(0.1, gt=0, le=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    # auto: reduce-overhead (CUDA graphs) on GPUs, where launches bound small nets; off on CPUs,
+    # where compiling buys nothing measurable (docs/benchmarks.md).
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
     device: str = "auto"
 
     @field_validator("device")
     @classmethod
     def _device(cls, d):
-        import re
-
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", d):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return d
@@ -153,6 +154,28 @@ class Params(Section):
 # -- loading ---------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: ``1e-4`` is a number (as DVC, which writes params.yaml, reads it), not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
@@ -165,7 +188,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ParamsError(item, "an override is key=value with a dotted key (train.lr=0.05)")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = parse_yaml(value) if value.strip() else None
         except yaml.YAMLError as e:
             raise ParamsError(key, f"value {value!r} is not valid YAML ({e.problem})") from None
         node = raw
@@ -190,7 +213,7 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ParamsError("", f"{path}: cannot read params file ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -247,7 +270,7 @@ def check_consistency(p: Params) -> None:
             raise ParamsError("model.archs", "dualnet sums feature maps: their channel counts must match")
     if name == "ffl" and p.method.ekd.enabled and not p.fusion.enabled:
         raise ParamsError("method.ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
-    if name == "dualnet" and p.train.compile != "off":
+    if name == "dualnet" and p.train.compile not in ("off", "auto"):
         raise ParamsError("train.compile", "dualnet alternates its updates in Python: it trains eagerly (off)")
     if p.train.nesterov and p.train.momentum == 0:
         raise ParamsError("train.nesterov", "Nesterov momentum needs train.momentum > 0")

@@ -85,6 +85,14 @@ def run_config(params: Params) -> dict:
     return cfg
 
 
+def compile_mode(params: Params, device: torch.device) -> str | None:
+    mode = params.train.compile
+    if mode == "auto":
+        eager = device.type != "cuda" or params.method.name == "dualnet"
+        return None if eager else "reduce-overhead"
+    return None if mode == "off" else mode
+
+
 def build_trainer(params: Params, data: ArrayDataset, device: torch.device, callbacks=(), checkpoint=None) -> Trainer:
     torch.manual_seed(params.seed)
     method = build_method(method_spec(params, data.num_classes))
@@ -121,7 +129,7 @@ def build_trainer(params: Params, data: ArrayDataset, device: torch.device, call
         milestones=t.milestone_epochs(),
         gamma=t.gamma,
         precision=t.precision,
-        compile=None if t.compile == "off" else t.compile,
+        compile=compile_mode(params, device),
     )
     return Trainer(method, train_loader, config, val_loader, list(callbacks), checkpoint, run_config(params))
 
@@ -130,13 +138,14 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
     """Trains, checkpointing every epoch, resuming from the last checkpoint of the same configuration."""
     device = resolve_device(params.train.device)
     data = load_prepared()
-    ensure_writable(paths.CHECKPOINTS, paths.MODEL.parent, paths.DVCLIVE)
+    ensure_writable(paths.CHECKPOINTS)
     lock = FileLock(str(paths.LOCK))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise UserError(f"{paths.CHECKPOINTS}: another training is running in this directory") from None
     try:
+        ensure_writable(paths.MODEL.parent, paths.DVCLIVE)
         callbacks = [DVCLiveCallback(paths.DVCLIVE)] + ([ProgressCallback()] if progress else [])
         trainer = build_trainer(params, data, device, callbacks, paths.CHECKPOINT)
         if fresh:

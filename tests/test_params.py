@@ -14,6 +14,11 @@ def test_the_shipped_params_files_are_valid():
     assert full.train.fusion_weight_decay == 1e-5 and full.train.nesterov and full.method.temperature == 3
 
 
+def test_exponent_floats_are_numbers_as_in_dvc():
+    p = validate(apply_overrides(tiny_params(), ["train.lr=1e-3", "train.weight_decay=5e-4", "method.temperature=4"]))
+    assert p.train.lr == 1e-3 and p.train.weight_decay == 5e-4 and p.method.temperature == 4.0
+
+
 def test_overrides_use_dvc_exp_run_syntax():
     raw = apply_overrides(tiny_params(), ["train.lr=0.05", "model.archs=[resnet8, wrn10_2]", "fusion.width=null"])
     p = validate(raw)

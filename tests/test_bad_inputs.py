@@ -1,0 +1,144 @@
+"""Bad inputs end with one clear line and a non-zero exit, and leave every earlier output as it was."""
+
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ffl.data import Augment, DeviceLoader, make_shapes
+from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
+from ffl.methods import Vanilla
+from pipeline import paths
+from pipeline.cli import app
+from pipeline.params import load_params
+from pipeline.stages import build_trainer, load_prepared
+from tests.helpers import tiny_params, write_params
+
+runner = CliRunner()
+
+
+def ffl(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output.strip()
+
+
+def snapshot(root):
+    """Every output file; the training lock file is not an output (and is never removed: see filelock)."""
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    assert ffl("prepare")[0] == 0
+    return tmp_path
+
+
+def interrupted_checkpoint(workdir):
+    """The checkpoint an interrupted run of the current params leaves after its first epoch."""
+    params = load_params("params.yaml")
+    trainer = build_trainer(params, load_prepared(), torch.device("cpu"), [], paths.CHECKPOINT)
+    trainer.train_epoch(0)
+    trainer.save_checkpoint(1)
+    return paths.CHECKPOINT
+
+
+def assert_refused(args, code, expected, root):
+    before = snapshot(root)
+    exit_code, output = ffl(*args)
+    assert exit_code == code, output
+    assert len(output.splitlines()) == 1 and "Traceback" not in output
+    assert expected in output, output
+    assert snapshot(root) == before
+
+
+def test_malformed_yaml(workdir):
+    (workdir / "params.yaml").write_text("train:\n  epochs: 2\n lr: 0.1\n")
+    assert_refused(["train"], 2, "params.yaml: malformed YAML at line 3", workdir)
+
+
+@pytest.mark.parametrize("key", ["colour=1", "train.colour=1", "method.ekd.colour=1", "data.shapes.colour=1"])
+def test_unknown_keys_at_every_level(workdir, key):
+    assert_refused(["train", "-S", key], 2, f"error: {key.split('=')[0]}: unknown key", workdir)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["method.temperature=-1", "train.lr=-0.1", "train.epochs=0", "data.val_fraction=1.2", "train.batch_size=two"],
+)
+def test_out_of_range_and_wrong_types(workdir, override):
+    assert_refused(["train", "-S", override], 2, f"error: {override.split('=')[0]}:", workdir)
+
+
+def test_truncated_checkpoint(workdir):
+    ckpt = interrupted_checkpoint(workdir)
+    ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    assert_refused(["train"], 2, "checkpoints/last.pt: unreadable checkpoint", workdir)
+
+
+def test_foreign_checkpoint(workdir):
+    (workdir / "checkpoints").mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, paths.CHECKPOINT)
+    assert_refused(["train"], 2, "checkpoints/last.pt: not a checkpoint of this project (missing format", workdir)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_checkpoint_cannot_run_code(workdir):
+    (workdir / "checkpoints").mkdir()
+    with open(paths.CHECKPOINT, "wb") as f:
+        pickle.dump({"format": Payload()}, f)
+    assert_refused(["train"], 2, "unreadable checkpoint", workdir)
+
+
+def test_checkpoint_of_another_configuration(workdir):
+    interrupted_checkpoint(workdir)
+    assert_refused(
+        ["train", "-S", "train.lr=0.05"], 2, "checkpoint of another configuration (differs in train.lr)", workdir
+    )
+    # --fresh is the documented way out.
+    assert ffl("train", "-S", "train.lr=0.05", "--fresh")[0] == 0
+
+
+def test_corrupted_prepared_dataset(workdir):
+    arrays = workdir / "data/prepared/arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:5000])
+    assert_refused(["train"], 2, "data/prepared: prepared dataset is unreadable", workdir)
+
+
+def test_unwritable_output_directory(workdir):
+    (workdir / "models").write_text("a file where the models directory should be")
+    assert_refused(["train"], 2, "models: cannot create output directory", workdir)
+
+
+class Exploding(Vanilla):
+    """CE until epoch 1, then an infinite term: what a diverging run looks like to the engine."""
+
+    def loss(self, outputs, targets, epoch):
+        terms = super().loss(outputs, targets, epoch)
+        if epoch >= 1:
+            terms["boom"] = terms["ce_sub0"] * float("inf")
+        return terms
+
+
+def test_non_finite_loss_stops_with_epoch_and_term_keeping_the_last_good_checkpoint(tmp_path):
+    data = make_shapes(train_per_class=8, test_per_class=2, val_fraction=0.25)
+    loader = DeviceLoader(data.splits["train"], 16, data.mean, data.std, augment=Augment(), drop_last=True)
+    ckpt = tmp_path / "last.pt"
+    trainer = Trainer(Exploding(["resnet8"], 10), loader, TrainConfig(epochs=3, milestones=[]), checkpoint_path=ckpt)
+    with pytest.raises(NonFiniteLoss) as e:
+        trainer.fit()
+    assert e.value.epoch == 1 and e.value.term == "boom"
+    assert e.value.step == 0
+    assert "loss term 'boom' became non-finite at step 0 of epoch 1" in str(e.value)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # epoch 0's checkpoint, whole
+
+
+def test_diverging_run_exits_1_naming_the_epoch(workdir):
+    exit_code, output = ffl("train", "-S", "train.lr=1e30", "-S", "train.momentum=0.99")
+    assert exit_code == 1 and "became non-finite at step" in output and "of epoch 0" in output
