@@ -99,6 +99,41 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     typer.echo()
 
 
+@app.command()
+@stage
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    trials: Annotated[int | None, typer.Option(help="number of trials (tune.trials)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join: auto, or host:port (default: RAY_ADDRESS or a local Ray)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted search, keeping its finished trials")] = False,
+    fresh: Annotated[bool, typer.Option(help="discard an earlier search in tune/ray and start over")] = False,
+):
+    """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/."""
+    from pipeline.params import apply_overrides, read_yaml, validate
+
+    overrides = list(set_ or []) + ([f"tune.trials={trials}"] if trials is not None else [])
+    raw = apply_overrides(read_yaml(params), overrides)
+    p = validate(raw)
+    from pipeline.params import check_tune
+
+    check_tune(p, raw)  # before Ray starts
+    from pipeline.tune import tune as run
+
+    summary = run(p, raw, address=address, resume=resume, fresh=fresh)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def bench(ctx: typer.Context):
+    """Training-step throughput against the authors' recipe (`ffl bench --help` for its options)."""
+    from ffl.bench import main as run
+
+    run(ctx.args)
+
+
 def main():  # console script entry point
     app()
 

@@ -7,12 +7,13 @@ without a fusion module). Inside, code takes these typed objects.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ffl.models import backbone_spec, check_fusable
 from pipeline.errors import ParamsError
@@ -133,6 +134,89 @@ class EvaluateParams(Section):
     batch_size: int = Field(1000, ge=1)
 
 
+class Dimension(Section):
+    """One dimension of the search space: its kind and bounds (or choices)."""
+
+    type: Literal["uniform", "loguniform", "int", "logint", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty list of values")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} dimension needs low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.type.startswith("log") and self.low <= 0:
+            raise ValueError(f"a {self.type} dimension needs low > 0")
+        if self.type in ("int", "logint") and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int dimension needs whole-number bounds")
+        return self
+
+    def points(self) -> list:
+        """The values a trial can take at the edges: checked against the params schema up front."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type in ("int", "logint"):
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class SchedulerParams(Section):
+    name: Literal["asha", "median", "fifo"] = "asha"
+    grace_period: int = Field(2, ge=1)  # epochs every trial runs before it can be stopped
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class ResourcesParams(Section):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials: 0.25 = four at once
+
+
+class TuneParams(Section):
+    trials: int = Field(50, ge=1)
+    metric: str = "val/acc/fused"  # on the validation split, never the test split
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, ge=0)
+    epochs: int | None = Field(None, ge=1)  # a trial's length; null = train.epochs
+    max_concurrent: int = Field(0, ge=0)  # 0 = as many as the resources allow
+    max_failures: int = Field(1, ge=0)  # retries of a trial that crashed
+    scheduler: SchedulerParams = SchedulerParams()
+    resources: ResourcesParams = ResourcesParams()
+    # Nested like the params it searches (method: {temperature: {type: loguniform, ...}}), so that
+    # `-S tune.space.method.temperature.high=10` works; a mapping with a `type` is a dimension.
+    space: dict[str, Any] = Field(default_factory=dict)
+
+    def dimensions(self) -> dict[str, Dimension]:
+        """The space flattened to ``{dotted param: Dimension}``, each dimension validated."""
+        out: dict[str, Dimension] = {}
+
+        def walk(node, path):
+            if isinstance(node, dict) and "type" in node:
+                try:
+                    out[".".join(path)] = Dimension.model_validate(node)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    key = ".".join(["tune", "space", *path, *(str(p) for p in err["loc"])])
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    raise ParamsError(key, msg.removeprefix("Value error, ")) from None
+            elif isinstance(node, dict) and node:
+                for k, v in node.items():
+                    walk(v, [*path, str(k)])
+            else:
+                where = ".".join(["tune", "space", *path])
+                raise ParamsError(where, "expected a section or a dimension {type: ..., low: ..., high: ...}")
+
+        walk(self.space, [])
+        return out
+
+
 class Params(Section):
     seed: int = Field(0, ge=0)
     data: DataParams = DataParams()
@@ -141,7 +225,7 @@ class Params(Section):
     fusion: FusionParams = FusionParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
-    tune: dict[str, Any] | None = None  # validated by pipeline.tune_params when `ffl tune` runs
+    tune: TuneParams = TuneParams()
 
     def shared(self) -> bool:
         if self.model.shared != "auto":
@@ -191,16 +275,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             parsed = parse_yaml(value) if value.strip() else None
         except yaml.YAMLError as e:
             raise ParamsError(key, f"value {value!r} is not valid YAML ({e.problem})") from None
-        node = raw
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ParamsError(".".join(parts[: i + 1]), "is a value, not a section")
-            node = child
-        node[parts[-1]] = parsed
+        set_dotted(raw, key, parsed)
     return raw
 
 
@@ -274,6 +349,53 @@ def check_consistency(p: Params) -> None:
         raise ParamsError("train.compile", "dualnet alternates its updates in Python: it trains eagerly (off)")
     if p.train.nesterov and p.train.momentum == 0:
         raise ParamsError("train.nesterov", "Nesterov momentum needs train.momentum > 0")
+
+
+def method_outputs(p: Params) -> list[str]:
+    """The classifiers the configured method reports (their validation accuracy can be tuned for)."""
+    n = len(p.model.archs)
+    outputs = [f"sub{i}" for i in range(n)] + (["ensemble"] if n > 1 else [])
+    if p.method.name in ("ffl", "dualnet"):
+        outputs.append("fused")
+    if p.method.name == "dualnet":
+        outputs.append("average")
+    return outputs
+
+
+def check_tune(p: Params, raw: dict) -> None:
+    """The search, checked before Ray starts: the metric exists, every dimension is a param whose
+    edge values the schema accepts."""
+    t = p.tune
+    metrics = [f"val/acc/{o}" for o in method_outputs(p)]
+    if t.metric not in metrics:
+        raise ParamsError("tune.metric", f"{p.method.name} reports {', '.join(metrics)}; got {t.metric!r}")
+    if p.data.val_fraction == 0:
+        raise ParamsError("data.val_fraction", "tuning scores trials on the validation split: it must be > 0")
+    if not t.space:
+        raise ParamsError("tune.space", "the search space is empty")
+    for key, dim in t.dimensions().items():
+        if key.split(".")[0] in ("tune", "evaluate"):
+            raise ParamsError(f"tune.space.{key}", "only training params can be searched")
+        for value in dim.points():
+            try:
+                validate(set_dotted(copy.deepcopy(raw), key, value))
+            except ParamsError as e:
+                reason = "not a param" if e.reason.startswith("unknown key") else f"{value!r} is refused ({e})"
+                raise ParamsError(f"tune.space.{key}", reason) from None
+
+
+def set_dotted(raw: dict, key: str, value) -> dict:
+    """Sets ``a.b.c`` in nested dicts, creating missing sections (the schema refuses unknown ones)."""
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ParamsError(".".join(parts[: i + 1]), "is a value, not a section")
+    node[parts[-1]] = value
+    return raw
 
 
 def method_spec(p: Params, num_classes: int) -> dict[str, Any]:

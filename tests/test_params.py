@@ -83,3 +83,38 @@ def test_method_spec_carries_the_ablation_switches():
     p = validate(apply_overrides(tiny_params(), ["fusion.enabled=false", "method.ekd.enabled=false"]))
     spec = method_spec(p, 10)
     assert spec["fusion"] is False and spec["ekd"] is False and spec["fkd"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "reason"),
+    [
+        (["tune.space.train.lr={type: loguniform, low: 0.5, high: 0.1}"], "tune.space.train.lr", "below high"),
+        (["tune.space.train.lr={type: loguniform, low: 0, high: 0.1}"], "tune.space.train.lr", "low > 0"),
+        (["tune.space.train.lr={type: gaussian, low: 0, high: 1}"], "tune.space.train.lr.type", "'uniform'"),
+        (["tune.space.train.lr={type: uniform, low: 0, high: 1, step: 2}"], "tune.space.train.lr.step", "unknown key"),
+        (["tune.space.train.lr=0.1"], "tune.space.train.lr", "expected a section or a dimension"),
+        (["tune.space.method.colour={type: uniform, low: 0, high: 1}"], "tune.space.method.colour", "not a param"),
+        (
+            ["tune.space.method.temperature={type: uniform, low: -1, high: 1}"],
+            "tune.space.method.temperature",
+            "-1.0 is refused",
+        ),
+        (
+            ["tune.space.fusion.kernel_size={type: choice, values: [2, 3]}"],
+            "tune.space.fusion.kernel_size",
+            "2 is refused",
+        ),
+        (["tune.scheduler.name=hyperopt"], "tune.scheduler.name", "'asha'"),
+        (["tune.metric=val/acc/fused", "method.name=dml"], "tune.metric", "dml reports"),
+        (["data.val_fraction=0"], "data.val_fraction", "validation split"),
+        (["tune.resources.gpu=-1"], "tune.resources.gpu", "greater than or equal to 0"),
+    ],
+)
+def test_bad_search_spaces_are_refused_before_ray_starts(overrides, key, reason):
+    from pipeline.params import check_tune
+
+    with pytest.raises(ParamsError) as e:
+        raw = apply_overrides(tiny_params(), overrides)
+        check_tune(validate(raw), raw)
+    assert e.value.key == key
+    assert reason in e.value.reason

@@ -1,0 +1,286 @@
+"""`ffl tune`: a Ray Tune search with Optuna's sampler over the dimensions of `tune.space`.
+
+Every trial is a training run of the pipeline's own `build_trainer` on the training split, scored
+on the validation split, reporting each epoch (ASHA stops bad trials from those reports) with a
+checkpoint, so a trial that Ray restarts or pauses continues where it was. The driver's state lives
+under tune/ray, so an interrupted search continues with `ffl tune --resume`. Results land in tune/:
+trials.csv (every trial's params and metrics), best_params.yaml (a whole params file),
+best_overrides.txt (`-S` pairs for `dvc exp run`), summary.json and Optuna's plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import ray
+import ray.tune
+import yaml
+
+from ffl.callbacks import Callback
+from ffl.checkpoint import atomic_save
+from ffl.engine import NonFiniteLoss
+from pipeline.errors import UserError
+from pipeline.params import Params, set_dotted, validate
+
+TUNE_DIR = Path("tune")
+EXPERIMENT = "search"
+
+
+class ReportToTune(Callback):
+    """Each epoch: a checkpoint and the epoch's metrics to Ray Tune."""
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        with tempfile.TemporaryDirectory() as d:
+            atomic_save(trainer.state_dict(epoch + 1), Path(d) / "last.pt")
+            ray.tune.report(dict(metrics), checkpoint=ray.tune.Checkpoint.from_directory(d))
+
+
+def trial(config: dict, raw: dict, data, metric: str) -> None:
+    """One trial: the base params with the sampled values, trained and reported epoch by epoch."""
+    import torch
+
+    from pipeline.stages import build_trainer, resolve_device
+
+    p = validate(apply_config(raw, config))
+    ctx = ray.tune.get_context()
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1) if ctx else 1
+    torch.set_num_threads(max(1, int(cpus)))
+    trainer = build_trainer(p, data, resolve_device(p.train.device), [ReportToTune()])
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:  # a restarted or resumed trial continues from its last epoch
+        with checkpoint.as_directory() as d:
+            trainer.load_checkpoint(Path(d) / "last.pt")
+    try:
+        trainer.fit()
+    except NonFiniteLoss as e:
+        # Ray retries a trial that raises; a divergence is deterministic, so the trial ends here,
+        # failed with its reason (Optuna records the NaN score as a failed trial).
+        ray.tune.report({metric: float("nan"), "diverged": str(e)})
+
+
+def apply_config(raw: dict, config: dict) -> dict:
+    out = copy.deepcopy(raw)
+    for key, value in config.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def trial_raw(params: Params, raw: dict) -> dict:
+    """The base params every trial starts from: the trial length and device settings of `tune`."""
+    base = copy.deepcopy(raw)
+    if params.tune.epochs:
+        set_dotted(base, "train.epochs", params.tune.epochs)
+    base.pop("tune", None)
+    return base
+
+
+def distributions(params: Params) -> dict:
+    import optuna
+
+    dists = {}
+    for key, d in params.tune.dimensions().items():
+        if d.type == "choice":
+            dists[key] = optuna.distributions.CategoricalDistribution(d.values)
+        elif d.type in ("int", "logint"):
+            dists[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high), log=d.type == "logint")
+        else:
+            dists[key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
+    return dists
+
+
+def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.search.optuna import OptunaSearch
+
+    t = params.tune
+    trainable = ray.tune.with_parameters(trial, raw=trial_raw(params, raw), data=data, metric=t.metric)
+    resources = {"cpu": t.resources.cpu, "gpu": t.resources.gpu}
+    trainable = ray.tune.with_resources(trainable, resources)
+    path = (storage / EXPERIMENT).resolve()  # Ray takes URIs: a relative path is not one
+    if resume:
+        return ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    epochs = t.epochs or params.train.epochs
+    if t.scheduler.name == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=min(t.scheduler.grace_period, epochs),
+            reduction_factor=t.scheduler.reduction_factor,
+        )
+    elif t.scheduler.name == "median":
+        scheduler = MedianStoppingRule(time_attr="training_iteration", grace_period=t.scheduler.grace_period)
+    else:
+        scheduler = FIFOScheduler()
+    sampler = (optuna.samplers.TPESampler if t.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=t.seed)
+    searcher = OptunaSearch(space=distributions(params), metric=t.metric, mode=t.mode, sampler=sampler)
+    return ray.tune.Tuner(
+        trainable,
+        tune_config=ray.tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=t.trials,
+            max_concurrent_trials=t.max_concurrent or None,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=str(storage.resolve()),
+            failure_config=ray.tune.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[Progress(t.metric, t.mode, t.trials)],
+            verbose=0,
+        ),
+    )
+
+
+class Progress(ray.tune.Callback):
+    """One line per finished trial: done / running / pending, and the best value so far."""
+
+    def __init__(self, metric: str, mode: str, total: int):
+        self.metric, self.mode, self.total = metric, mode, total
+        self.best = None
+        self.ended: set[str] = set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, float) and math.isfinite(value):
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            self.best = value if better else self.best
+
+    def _line(self, trials, trial, what):
+        # The finishing trial's status is not updated yet when these hooks run: count it here.
+        self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id}
+        done = len(self.ended)
+        running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
+        best = "-" if self.best is None else f"{self.best:.4g}"
+        print(
+            f"[tune] trial {trial.trial_id} {what}: {done}/{self.total} done, {running} running, "
+            f"{self.total - done - running} pending; best {self.metric} so far {best}",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trials, trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trials, trial, "failed")
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+def trial_rows(results, params: Params) -> list[dict]:
+    t = params.tune
+    rows = []
+    epochs = t.epochs or params.train.epochs
+    for i, r in enumerate(results):
+        metrics = r.metrics or {}
+        done = metrics.get("training_iteration", 0)
+        if "diverged" in metrics:
+            done -= 1  # the divergence report is not an epoch
+            status = f"failed: {metrics['diverged']}"
+        elif r.error is not None:
+            status = f"failed: {str(r.error).strip().splitlines()[-1][:300]}"
+        else:
+            status = "completed" if done >= epochs else "stopped early"
+        row = {"trial": i, "trial_id": metrics.get("trial_id", r.path.rsplit("/", 1)[-1] if r.path else ""),
+               "status": status, "epochs": done, "score": metrics.get(t.metric, float("nan"))}  # fmt: skip
+        row |= {k: (r.config or {}).get(k) for k in t.dimensions()}
+        row |= {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss/total"))}
+        rows.append(row)
+    return rows
+
+
+def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR) -> dict:
+    import csv
+
+    t = params.tune
+    rows = trial_rows(results, params)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = out / ".trials.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out / "trials.csv")
+    scored = [r for r in rows if not r["status"].startswith("failed") and math.isfinite(r["score"])]
+    summary = {"trials": len(rows), "completed": sum(r["status"] == "completed" for r in rows),
+               "stopped_early": sum(r["status"] == "stopped early" for r in rows),
+               "failed": sum(r["status"].startswith("failed") for r in rows)}  # fmt: skip
+    if scored:
+        best = (max if t.mode == "max" else min)(scored, key=lambda r: r["score"])
+        best_config = {k: best[k] for k in t.dimensions()}
+        summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
+        best_raw = apply_config(raw, best_config)
+        (out / "best_params.yaml").write_text(
+            f"# Best of {len(rows)} trials ({t.metric} = {best['score']:.4f}): `ffl train -p tune/best_params.yaml`\n"
+            + yaml.safe_dump(best_raw, sort_keys=False)
+        )
+        overrides = " ".join(f"-S {k}={json.dumps(v)}" for k, v in best_config.items())
+        (out / "best_overrides.txt").write_text(overrides + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_plots(rows, params, out / "plots")
+    return summary
+
+
+def write_plots(rows: list[dict], params: Params, out: Path) -> None:
+    """Optuna's history and importance plots, from a study rebuilt from the finished trials."""
+    import optuna
+
+    t = params.tune
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if t.mode == "max" else "minimize")
+    dists = distributions(params)
+    for r in rows:
+        ok = not r["status"].startswith("failed") and math.isfinite(r["score"])
+        study.add_trial(optuna.trial.create_trial(
+            params={k: r[k] for k in dists}, distributions=dists,
+            value=r["score"] if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+        ))  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.visualization.plot_optimization_history(study, target_name=t.metric).write_html(
+        out / "optimization_history.html"
+    )
+    complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) >= 2:
+        try:
+            fig = optuna.visualization.plot_param_importances(study, target_name=t.metric)
+            fig.write_html(out / "param_importances.html")
+        except (ValueError, RuntimeError) as e:  # e.g. every trial sampled the same values
+            (out / "param_importances.txt").write_text(f"not computed: {e}\n")
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def tune(params: Params, raw: dict, address: str | None = None, resume: bool = False, fresh: bool = False) -> dict:
+    from pipeline.params import check_tune
+    from pipeline.stages import load_prepared
+
+    check_tune(params, raw)
+    storage = TUNE_DIR / "ray"
+    experiment = storage / EXPERIMENT
+    if resume and not experiment.exists():
+        raise UserError(f"{experiment}: no search to resume")
+    if experiment.exists() and not resume:
+        if not fresh:
+            raise UserError(f"{experiment}: an earlier search is there; --resume continues it, --fresh discards it")
+        shutil.rmtree(experiment)
+    data = load_prepared()
+    # Short trials checkpoint every few seconds; that is by design, not a bottleneck worth a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    tuner = build_tuner(params, raw, data, storage, resume)
+    results = tuner.fit()
+    return write_results(results, params, raw)

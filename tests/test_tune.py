@@ -1,0 +1,117 @@
+"""`ffl tune`: a real Ray Tune + Optuna search on tiny trials, failures, and resuming a killed driver."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.params import load_params, read_yaml
+from tests.helpers import tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+
+def search_params(**tune):
+    raw = tiny_params()
+    raw["tune"] = {
+        "trials": 3, "epochs": 2, "sampler": "random", "seed": 0,
+        "scheduler": {"name": "fifo"}, "resources": {"cpu": 1, "gpu": 0},
+        "space": {
+            "method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}},
+            "train": {"lr": {"type": "choice", "values": [0.05, 1.0e30]}},  # 1e30 diverges at once
+        },
+    } | tune  # fmt: skip
+    return raw
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def ffl(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+
+
+def read_trials(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials(workdir, ray_session):
+    from pipeline.stages import prepare
+    from pipeline.tune import tune
+
+    write_params(workdir, search_params())
+    params = load_params("params.yaml")
+    prepare(params)
+    summary = tune(params, read_yaml("params.yaml"))
+
+    rows = read_trials(workdir / "tune/trials.csv")
+    assert len(rows) == 3 and summary["trials"] == 3
+    statuses = [r["status"] for r in rows]
+    assert "completed" in statuses
+    diverged = [r for r in rows if r["status"].startswith("failed")]
+    assert diverged and all("became non-finite" in r["status"] and r["train.lr"] == "1e+30" for r in diverged)
+    assert all(r["val/acc/fused"] for r in rows if r["status"] == "completed")
+    # The best params are a params file a training takes as it is, and -S pairs for dvc exp run.
+    best = load_params(workdir / "tune/best_params.yaml")
+    assert best.train.lr == 0.05 and best.method.temperature == summary["best_params"]["method.temperature"]
+    overrides = (workdir / "tune/best_overrides.txt").read_text().split()
+    assert overrides[0] == "-S" and overrides[1].startswith("method.temperature=")
+    assert (workdir / "tune/plots/optimization_history.html").stat().st_size > 1000
+    assert json.loads((workdir / "tune/summary.json").read_text())["failed"] == len(diverged)
+    # An earlier search is never silently replaced.
+    with pytest.raises(UserError, match="--resume continues it, --fresh discards it"):
+        tune(params, read_yaml("params.yaml"))
+
+
+def test_trials_are_scored_on_validation_not_test(workdir):
+    raw = search_params()
+    raw["tune"]["metric"] = "test/acc/fused"
+    write_params(workdir, raw)
+    result = ffl(workdir, "tune")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: tune.metric: ffl reports val/acc/sub0")
+
+
+def test_killed_driver_resumes_keeping_finished_trials(workdir):
+    write_params(workdir, search_params(trials=3, max_concurrent=1, epochs=3, space={
+        "method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}))  # fmt: skip
+    assert ffl(workdir, "prepare").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune"], cwd=workdir, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait for the first finished trial, then kill the whole driver
+        if "finished: 1/3 done" in line:
+            break
+        assert time.time() < deadline
+    first_id = line.split()[2]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    trial_dir = next((workdir / "tune/ray/search").glob(f"trial_{first_id}_*"))
+    reports_before = (trial_dir / "result.json").read_text()
+
+    resumed = ffl(workdir, "tune", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = read_trials(workdir / "tune/trials.csv")
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+    assert first_id in {r["trial_id"] for r in rows}
+    assert (trial_dir / "result.json").read_text() == reports_before  # finished trial not run again
