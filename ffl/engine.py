@@ -187,16 +187,17 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/acc/{k}" for k in correct))
-            # torch.stack makes a new tensor: CUDA-graph outputs are overwritten by the next replay.
-            values = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float(),
-                                  *(c.float() for c in correct.values())])  # fmt: skip
             b = len(y)
+            # Loss terms are batch means, weighted by the batch size here; accuracies are counts.
+            # torch.stack makes new tensors: CUDA-graph outputs are overwritten by the next replay.
+            losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])
+            values = torch.cat([losses * b, torch.stack([c.float() for c in correct.values()])])
             group = groups.get(names)
             if group is None:
                 bad = torch.where(torch.isfinite(values), -1, step)
-                groups[names] = [values * b, b, bad]
+                groups[names] = [values, b, bad]
             else:
-                group[0] = group[0] + values * b
+                group[0] = group[0] + values
                 group[1] += b
                 group[2] = torch.where((group[2] < 0) & ~torch.isfinite(values), step, group[2])
             for cb in self.callbacks:

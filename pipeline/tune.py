@@ -191,8 +191,13 @@ def trial_rows(results, params: Params) -> list[dict]:
             status = f"failed: {str(r.error).strip().splitlines()[-1][:300]}"
         else:
             status = "completed" if done >= epochs else "stopped early"
-        row = {"trial": i, "trial_id": metrics.get("trial_id", r.path.rsplit("/", 1)[-1] if r.path else ""),
-               "status": status, "epochs": done, "score": metrics.get(t.metric, float("nan"))}  # fmt: skip
+        row = {
+            "trial": i,
+            "trial_id": metrics.get("trial_id", r.path.rsplit("/", 1)[-1] if r.path else ""),
+            "status": status,
+            "epochs": done,
+            "score": metrics.get(t.metric, float("nan")),
+        }
         row |= {k: (r.config or {}).get(k) for k in t.dimensions()}
         row |= {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss/total"))}
         rows.append(row)
@@ -213,9 +218,12 @@ def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR) -> d
         writer.writerows(rows)
     os.replace(tmp, out / "trials.csv")
     scored = [r for r in rows if not r["status"].startswith("failed") and math.isfinite(r["score"])]
-    summary = {"trials": len(rows), "completed": sum(r["status"] == "completed" for r in rows),
-               "stopped_early": sum(r["status"] == "stopped early" for r in rows),
-               "failed": sum(r["status"].startswith("failed") for r in rows)}  # fmt: skip
+    summary = {
+        "trials": len(rows),
+        "completed": sum(r["status"] == "completed" for r in rows),
+        "stopped_early": sum(r["status"] == "stopped early" for r in rows),
+        "failed": sum(r["status"].startswith("failed") for r in rows),
+    }
     if scored:
         best = (max if t.mode == "max" else min)(scored, key=lambda r: r["score"])
         best_config = {k: best[k] for k in t.dimensions()}
@@ -242,11 +250,14 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
     dists = distributions(params)
     for r in rows:
         ok = not r["status"].startswith("failed") and math.isfinite(r["score"])
-        study.add_trial(optuna.trial.create_trial(
-            params={k: r[k] for k in dists}, distributions=dists,
-            value=r["score"] if ok else None,
-            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
-        ))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: r[k] for k in dists},
+                distributions=dists,
+                value=r["score"] if ok else None,
+                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     optuna.visualization.plot_optimization_history(study, target_name=t.metric).write_html(
         out / "optimization_history.html"

@@ -1,5 +1,6 @@
 """The method pinned down: loss terms, where gradients go, heterogeneous and N = 3 fusion, ablations."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,27 @@ def test_spec_rebuilds_the_same_method(images):
     clone.load_state_dict(method.state_dict())
     clone.eval()
     assert torch.equal(clone(images)["fused"], method(images)["fused"])
+
+
+def test_epoch_metrics_are_batch_weighted_means_and_percentages():
+    from ffl.data import DeviceLoader, Split
+    from ffl.engine import TrainConfig, Trainer
+
+    class Fixed(Vanilla):
+        """Loss 2.0 on every batch; sub0 predicts class 0, which is right for the first 6 of 10 images."""
+
+        def forward(self, images):
+            logits = torch.zeros(len(images), 3)
+            logits[:, 0] = 1.0
+            return {"sub0": logits + 0 * self.net(images)[1][0].sum()}
+
+        def loss(self, outputs, targets, epoch):
+            return {"ce_sub0": outputs["sub0"].sum() * 0 + 2.0}
+
+    images = np.zeros((10, 3, 32, 32), dtype=np.uint8)
+    labels = np.array([0] * 6 + [1] * 4)
+    loader = DeviceLoader(Split(images, labels), batch_size=4, mean=(0, 0, 0), std=(1, 1, 1))  # 4 + 4 + 2
+    metrics = Trainer(Fixed([TINY], 3), loader, TrainConfig(epochs=1, milestones=[])).train_epoch(0)
+    assert metrics["train/loss/ce_sub0"] == pytest.approx(2.0)
+    assert metrics["train/loss/total"] == pytest.approx(2.0)
+    assert metrics["train/acc/sub0"] == pytest.approx(60.0)

@@ -21,13 +21,17 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 def search_params(**tune):
     raw = tiny_params()
     raw["tune"] = {
-        "trials": 3, "epochs": 2, "sampler": "random", "seed": 0,
-        "scheduler": {"name": "fifo"}, "resources": {"cpu": 1, "gpu": 0},
+        "trials": 3,
+        "epochs": 2,
+        "sampler": "random",
+        "seed": 0,
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpu": 1, "gpu": 0},
         "space": {
             "method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}},
             "train": {"lr": {"type": "choice", "values": [0.05, 1.0e30]}},  # 1e30 diverges at once
         },
-    } | tune  # fmt: skip
+    } | tune
     return raw
 
 
@@ -93,11 +97,25 @@ def test_trials_are_scored_on_validation_not_test(workdir):
 
 
 def test_killed_driver_resumes_keeping_finished_trials(workdir):
-    write_params(workdir, search_params(trials=3, max_concurrent=1, epochs=3, space={
-        "method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}))  # fmt: skip
+    write_params(
+        workdir,
+        search_params(
+            trials=3,
+            max_concurrent=1,
+            epochs=3,
+            space={"method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}},
+        ),
+    )
     assert ffl(workdir, "prepare").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune"], cwd=workdir, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "tune"],
+        cwd=workdir,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     for line in proc.stdout:  # wait for the first finished trial, then kill the whole driver
         if "finished: 1/3 done" in line:
