@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 repro: install
 	dvc repro
-	dvc metrics show
+	dvc metrics show metrics/test.json
 
 test: install
 	pytest -q
