@@ -134,7 +134,9 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
             name=EXPERIMENT,
             storage_path=str(storage.resolve()),
             failure_config=ray.tune.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: Ray's experiment snapshot may still name the previous checkpoint when
+            # the driver dies, and --resume must find it on disk.
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
             callbacks=[Progress(t.metric, t.mode, t.trials)],
             verbose=0,
         ),

@@ -122,6 +122,11 @@ def test_killed_driver_resumes_keeping_finished_trials(workdir):
             break
         assert time.time() < deadline
     first_id = line.split()[2]
+    # A trial is finished for Ray once its experiment snapshot says so; kill after that.
+    state = workdir / "tune/ray/search"
+    while not any("TERMINATED" in f.read_text() for f in state.glob("experiment_state-*.json")):
+        assert time.time() < deadline
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     trial_dir = next((workdir / "tune/ray/search").glob(f"trial_{first_id}_*"))
