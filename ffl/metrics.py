@@ -15,14 +15,17 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
 
 
 @torch.no_grad()
-def evaluate(method, loader, precision: str = "fp32") -> dict[str, dict[str, float]]:
-    """``{output: {"top1_err": %, "top5_err": %}}`` for every classifier the method returns."""
+def evaluate(method, loader, precision: str = "fp32", progress=None) -> dict[str, dict[str, float]]:
+    """``{output: {"top1_err": %, "top5_err": %}}`` for every classifier the method returns.
+
+    ``progress``: an optional wrapper over the batches (a progress bar), called as ``progress(loader)``.
+    """
     was_training = method.training
     method.eval()
     correct: dict[str, torch.Tensor] = {}
     n = 0
     device = loader.device
-    for x, y in loader:
+    for x, y in progress(loader) if progress else loader:
         with autocast(device, precision):
             outputs = method(x)
         for name, logits in outputs.items():

@@ -41,6 +41,18 @@ class DVCLiveCallback(Callback):
             self.live.end()
 
 
+def progress_bar(description: str, console: Console | None = None):
+    """``progress(iterable)`` for ``ffl.metrics.evaluate``: a Rich bar, silent when not a terminal."""
+    from rich.progress import track
+
+    console = console or Console(stderr=True)
+
+    def wrap(iterable):
+        return track(iterable, description=description, console=console, disable=not console.is_terminal)
+
+    return wrap
+
+
 class ProgressCallback(Callback):
     """A progress bar over the epoch's steps with the last epoch's numbers; silent when not a terminal."""
 

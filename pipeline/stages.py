@@ -18,7 +18,7 @@ from ffl.methods import build_method
 from ffl.metrics import evaluate as evaluate_method
 from ffl.precision import resolve_precision
 from pipeline import paths
-from pipeline.callbacks import DVCLiveCallback, ProgressCallback
+from pipeline.callbacks import DVCLiveCallback, ProgressCallback, progress_bar
 from pipeline.errors import UserError
 from pipeline.params import Params, method_spec
 
@@ -202,7 +202,8 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
     method.to(device)
     if params.train.channels_last:
         method.to(memory_format=torch.channels_last)
-    result = summarise(evaluate_method(method, loader, resolve_precision(params.train.precision, device)))
+    precision = resolve_precision(params.train.precision, device)
+    result = summarise(evaluate_method(method, loader, precision, progress=progress_bar("evaluating")))
     ensure_writable(out.parent)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

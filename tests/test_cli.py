@@ -105,6 +105,22 @@ def test_missing_cifar_names_the_root(workdir):
     assert not (workdir / "data").exists()
 
 
+def test_corrupted_cifar_is_refused_at_the_door(workdir, monkeypatch):
+    from tests.cifar_archive import trust_written_archive, write_cifar
+
+    trust_written_archive(monkeypatch, "cifar10", write_cifar(workdir / "raw", "cifar10"))
+    batch = workdir / "raw/cifar-10-batches-py/test_batch"
+    batch.write_bytes(batch.read_bytes()[:-10])  # truncated: the md5 no longer matches
+    before = snapshot(workdir)
+    result = ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=raw")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: data.root: cifar10 not found or corrupted under raw")
+    assert snapshot(workdir) == before
+    # The same archive, intact, prepares.
+    trust_written_archive(monkeypatch, "cifar10", write_cifar(workdir / "raw", "cifar10"))
+    assert ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=raw").exit_code == 0
+
+
 def test_a_real_process_fails_with_one_line_and_no_traceback(workdir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(

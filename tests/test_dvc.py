@@ -31,8 +31,18 @@ def repo(tmp_path_factory):
     for name in ("ffl", "pipeline"):
         shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d)
-    write_params(d, tiny_params())
-    (d / ".gitignore").write_text("__pycache__/\n")
+    (d / "tune").mkdir()
+    shutil.copy(ROOT / "tune/dvc.yaml", d / "tune")
+    raw = tiny_params()
+    raw["tune"] = {
+        "trials": 2,
+        "epochs": 1,
+        "sampler": "random",
+        "scheduler": {"name": "fifo"},
+        "space": {"method": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}},
+    }
+    write_params(d, raw)
+    (d / ".gitignore").write_text("__pycache__/\n/tune/ray/\n")
     run("git init -q && git config user.email t@t && git config user.name t", d)
     run("dvc init -q && git add -A && git commit -qm init", d)
     run("dvc repro -q", d)
@@ -66,3 +76,15 @@ def test_dvc_exp_run_with_set_params_is_versioned(repo):
     assert "sub0.top1_err" in diff["metrics/test.json"]
     plots = json.loads(run("dvc plots show --json", repo))
     assert not plots.get("errors") and "dvclive/plots/metrics/val/acc/sub1.tsv" in plots["data"]
+
+
+def test_the_search_is_a_dvc_stage_outside_the_default_pipeline(repo):
+    run("git checkout -- params.yaml", repo)  # back from the DML experiment to the FFL baseline
+    assert "ffl tune" not in run("dvc repro --dry", repo)  # `dvc repro` (make repro) never starts a search
+    run("dvc repro -q tune/dvc.yaml", repo)
+    summary = json.loads((repo / "tune/summary.json").read_text())
+    assert summary["trials"] == 2 and "best_params" in summary
+    assert (repo / "tune/best_params.yaml").exists() and (repo / "tune/trials.csv").exists()
+    assert "didn't change" in run("dvc repro tune/dvc.yaml", repo)
+    # Running the stage again (params changed, or forced) starts a fresh search on its own.
+    run(["dvc", "repro", "-q", "-f", "tune/dvc.yaml"], repo)
