@@ -28,6 +28,18 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``atomic_save`` for text files (metrics, tables, params): readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def safe_load(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     """``torch.load(weights_only=True)`` with one clear error for truncated, foreign or code-carrying files."""
     path = Path(path)

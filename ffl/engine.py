@@ -42,9 +42,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 225])
     gamma: float = 0.1
     precision: str = "auto"
-    # torch.compile mode for the forward pass: None (eager), "default", "reduce-overhead" (CUDA
-    # graphs: on a GPU small CIFAR nets are bound by kernel launches, which graphs remove),
-    # "max-autotune".
+    # torch.compile mode of the step's forward, loss and statistics: None (eager), "default",
+    # "reduce-overhead" (CUDA graphs: on a GPU small CIFAR nets are bound by kernel launches,
+    # which graphs remove), "max-autotune".
     compile: str | None = None
 
 
@@ -111,7 +111,6 @@ class Trainer:
         self.graphed = config.compile in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
         self.history: list[dict] = []
         self.start_epoch = 0
-        self.stopped = False
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self, next_epoch: int) -> dict:
@@ -244,8 +243,6 @@ class Trainer:
             self.save_checkpoint(epoch + 1)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch, metrics)
-            if self.stopped:
-                break
         for cb in self.callbacks:
             cb.on_train_end(self, self.history)
         return self.history

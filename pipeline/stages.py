@@ -11,7 +11,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from ffl.artifact import load_model, save_model
-from ffl.checkpoint import CheckpointError
+from ffl.checkpoint import CheckpointError, atomic_write_text
 from ffl.data import ArrayDataset, Augment, DatasetNotFound, DeviceLoader, load_cifar, make_shapes
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import build_method
@@ -205,7 +205,5 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
     precision = resolve_precision(params.train.precision, device)
     result = summarise(evaluate_method(method, loader, precision, progress=progress_bar("evaluating")))
     ensure_writable(out.parent)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

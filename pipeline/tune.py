@@ -23,7 +23,7 @@ import ray.tune
 import yaml
 
 from ffl.callbacks import Callback
-from ffl.checkpoint import atomic_save
+from ffl.checkpoint import atomic_save, atomic_write_text
 from ffl.engine import NonFiniteLoss
 from pipeline.errors import UserError
 from pipeline.params import Params, set_dotted, validate
@@ -208,17 +208,15 @@ def trial_rows(results, params: Params) -> list[dict]:
 
 def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR) -> dict:
     import csv
+    import io
 
     t = params.tune
     rows = trial_rows(results, params)
-    out.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = out / ".trials.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "trials.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "trials.csv", table.getvalue())
     scored = [r for r in rows if not r["status"].startswith("failed") and math.isfinite(r["score"])]
     summary = {
         "trials": len(rows),
@@ -231,13 +229,14 @@ def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR) -> d
         best_config = {k: best[k] for k in t.dimensions()}
         summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
         best_raw = apply_config(raw, best_config)
-        (out / "best_params.yaml").write_text(
+        atomic_write_text(
+            out / "best_params.yaml",
             f"# Best of {len(rows)} trials ({t.metric} = {best['score']:.4f}): `ffl train -p tune/best_params.yaml`\n"
-            + yaml.safe_dump(best_raw, sort_keys=False)
+            + yaml.safe_dump(best_raw, sort_keys=False),
         )
         overrides = " ".join(f"-S {k}={json.dumps(v)}" for k, v in best_config.items())
-        (out / "best_overrides.txt").write_text(overrides + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "best_overrides.txt", overrides + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_plots(rows, params, out / "plots")
     return summary
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ffl.checkpoint import atomic_write_text
+
 SPLITS = ("train", "val", "test")
 
 
@@ -58,9 +60,7 @@ class ArrayDataset:
             "std": list(self.std),
             "sizes": {k: len(v) for k, v in self.splits.items()},
         }
-        tmp = directory / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, directory / "meta.json")
+        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> ArrayDataset:
