@@ -21,11 +21,9 @@ import numpy as np
 import torch
 
 from ffl.data import Augment, DeviceLoader, Split
+from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import FFL
-
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 @dataclass
@@ -63,9 +61,7 @@ class PILArrays(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.data[i])), self.targets[i]
 
 
-def reference(
-    archs, num_classes, batch_size, device, steps, warmup, workers: int = 4, data: Split | None = None
-) -> Result:
+def reference(archs, num_classes, batch_size, device, steps, warmup, workers: int = 4) -> Result:
     from torchvision import transforms
 
     transform = transforms.Compose(
@@ -77,7 +73,7 @@ def reference(
             transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
         ]
     )
-    data = data or random_cifar(batch_size * (steps + warmup + 1), num_classes)
+    data = random_cifar(batch_size * (steps + warmup + 1), num_classes)
     loader = torch.utils.data.DataLoader(
         PILArrays(data, transform), batch_size=batch_size, shuffle=True, num_workers=workers
     )
@@ -121,9 +117,8 @@ def project(
     channels_last=True,
     compile=None,
     label="project",
-    data: Split | None = None,
 ) -> Result:
-    data = data or random_cifar(batch_size * steps, num_classes)
+    data = random_cifar(batch_size * steps, num_classes)
     loader = DeviceLoader(
         data,
         batch_size,

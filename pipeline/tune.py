@@ -72,7 +72,7 @@ def apply_config(raw: dict, config: dict) -> dict:
 
 
 def trial_raw(params: Params, raw: dict) -> dict:
-    """The base params every trial starts from: the trial length and device settings of `tune`."""
+    """The base params every trial starts from: `tune.epochs` as the trial length, no tune section."""
     base = copy.deepcopy(raw)
     if params.tune.epochs:
         set_dotted(base, "train.epochs", params.tune.epochs)
