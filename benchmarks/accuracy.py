@@ -1,6 +1,7 @@
 """Does the fast path cost accuracy? Final fused test error on the embedded default, fast vs plain.
 
-Fast: the project's defaults (precision auto, channels_last). Plain: fp32, NCHW, eager. Several
+Fast: the project's defaults (precision auto, channels_last, the whole step as one CUDA graph on
+GPUs). Plain: fp32, NCHW, eager. Several
 seeds each; prints mean, std and every run. Library only (no DVC, Ray or pydantic), so it runs on
 any machine with torch: ``python benchmarks/accuracy.py --seeds 0 1 2 --device cuda``. The
 dataset, model and schedule are read from params.yaml so the comparison is on what `make repro` runs.
@@ -24,7 +25,9 @@ from ffl import FFL, Augment, DeviceLoader, TrainConfig, Trainer, evaluate, make
 from ffl.precision import resolve_precision
 
 
-def run(p: dict, data, seed: int, device, precision: str, channels_last: bool, compile: str | None) -> float:
+def run(
+    p: dict, data, seed: int, device, precision: str, channels_last: bool, compile: str | None, graph: bool
+) -> float:
     torch.manual_seed(seed)
     m, t = p["method"], p["train"]
     method = FFL(p["model"]["archs"], data.num_classes, temperature=m["temperature"], rampup_epochs=m["rampup_epochs"])
@@ -50,6 +53,7 @@ def run(p: dict, data, seed: int, device, precision: str, channels_last: bool, c
         milestones=milestones,
         precision=precision,
         compile=compile,
+        cuda_graph=graph,
     )
     trainer = Trainer(method, train, cfg)
     trainer.fit()
@@ -62,7 +66,9 @@ def main():
     ap.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--compile", help="torch.compile mode of the fast path (reduce-overhead: CUDA graphs)")
+    ap.add_argument("--compile", help="torch.compile mode of the fast path (default: fused kernels in the step graph)")
+    ap.add_argument("--no-graph", action="store_true", help="fast path without the whole-step CUDA graph")
+    ap.add_argument("--fast-precision", default="auto", help="the fast path's precision (fp32 isolates bf16's share)")
     ap.add_argument("--json")
     args = ap.parse_args()
     p = yaml.safe_load(Path(args.params).read_text())
@@ -71,15 +77,20 @@ def main():
         s["train_per_class"], s["test_per_class"], p["data"]["val_fraction"], s["noise"], p["data"]["seed"]
     )
     device = torch.device(args.device)
-    fast_precision = resolve_precision("auto", device)
-    fast = f"fast ({fast_precision}, channels_last{', compile ' + args.compile if args.compile else ''})"
-    paths = {fast: (fast_precision, True, args.compile), "plain (fp32, NCHW, eager)": ("fp32", False, None)}
+    fast_precision = resolve_precision(args.fast_precision, device)
+    graph = device.type == "cuda" and not args.no_graph
+    fast = f"fast ({fast_precision}, channels_last{', step graph' if graph else ''}"
+    fast += f"{', compile ' + args.compile if args.compile else ''})"
+    paths = {
+        fast: (fast_precision, True, args.compile, graph),
+        "plain (fp32, NCHW, eager)": ("fp32", False, None, False),
+    }
     results = {}
-    for label, (precision, cl, compile) in paths.items():
+    for label, (precision, cl, compile, g) in paths.items():
         errs = []
         for seed in args.seeds:
             t0 = time.perf_counter()
-            errs.append(run(p, data, seed, device, precision, cl, compile))
+            errs.append(run(p, data, seed, device, precision, cl, compile, g))
             print(
                 f"{label} seed {seed}: fused top-1 error {errs[-1]:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True
             )

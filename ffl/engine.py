@@ -17,6 +17,7 @@ from ffl.callbacks import Callback
 from ffl.checkpoint import CheckpointError, atomic_save, config_difference, safe_load
 from ffl.metrics import evaluate, topk_correct
 from ffl.precision import autocast, resolve_precision
+from ffl.step_graph import StepGraph
 
 CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "config")
 CHECKPOINT_FORMAT = "ffl-checkpoint-v1"
@@ -43,9 +44,88 @@ class TrainConfig:
     gamma: float = 0.1
     precision: str = "auto"
     # torch.compile mode of the step's forward, loss and statistics: None (eager), "default",
-    # "reduce-overhead" (CUDA graphs: on a GPU small CIFAR nets are bound by kernel launches,
-    # which graphs remove), "max-autotune".
+    # "reduce-overhead" (CUDA graphs over forward and backward: on a GPU small CIFAR nets are
+    # bound by kernel launches, which graphs remove), "max-autotune".
     compile: str | None = None
+    # Capture the whole step (forward, loss, backward, optimiser, metric sums) as one CUDA graph
+    # and replay it: one launch per step. CUDA only; fp32/bf16; methods whose loss terms are the
+    # same every step (all but DualNet). Combines with compile "default" (fused kernels inside).
+    cuda_graph: bool = False
+
+
+class EpochGroup:
+    """Device-side sums of one set of named per-step values, and the first step each went non-finite."""
+
+    def __init__(self, names: tuple[str, ...], device: torch.device):
+        self.names = names
+        self.sums = torch.zeros(len(names), device=device)
+        self.first_bad = torch.full((len(names),), -1, dtype=torch.long, device=device)
+        self.count = 0  # samples, counted on the host
+
+
+class EpochSums:
+    """The epoch's metric sums, one group per set of term names (DualNet's change between steps).
+
+    Everything is updated in place: a captured step graph keeps adding into the same tensors.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.groups: dict[tuple[str, ...], EpochGroup] = {}
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        self.step.zero_()
+        for g in self.groups.values():
+            g.sums.zero_()
+            g.first_bad.fill_(-1)
+            g.count = 0
+
+    def add(self, names: tuple[str, ...], values: torch.Tensor) -> EpochGroup:
+        group = self.groups.get(names)
+        if group is None:
+            group = self.groups[names] = EpochGroup(names, self.device)
+        group.sums.add_(values)
+        newly_bad = (group.first_bad < 0) & ~torch.isfinite(values)
+        group.first_bad.copy_(torch.where(newly_bad, self.step, group.first_bad))
+        self.step.add_(1)
+        return group
+
+    def read(self, epoch: int) -> dict[str, float]:
+        """Means of the losses, accuracies in %; raises NonFiniteLoss naming the first term that went bad."""
+        groups = [g for g in self.groups.values() if g.count]
+        if not groups:
+            return {}
+        flat = torch.cat([torch.cat([g.sums, g.first_bad.float()]) for g in groups]).tolist()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        first_bad: list[tuple[int, str]] = []
+        offset = 0
+        for g in groups:
+            k = len(g.names)
+            for i, name in enumerate(g.names):
+                value, bad_step = flat[offset + i], int(flat[offset + k + i])
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + g.count
+                if bad_step >= 0 and name.startswith("train/loss/") and name != "train/loss/total":
+                    first_bad.append((bad_step, name))
+            offset += 2 * k
+        if first_bad:
+            step, name = min(first_bad)
+            raise NonFiniteLoss(epoch, name.removeprefix("train/loss/"), sums[name] / counts[name], step)
+        return {
+            name: total / counts[name] * (100.0 if name.startswith("train/acc/") else 1.0)
+            for name, total in sums.items()
+        }
+
+
+def check_graphable(config: TrainConfig, device: torch.device, precision: str) -> None:
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph captures CUDA work: the device is {device}")
+    if precision == "fp16":
+        raise ValueError("cuda_graph: fp16's loss scaler checks for overflow on the host every step; use bf16 or fp32")
+    if config.compile not in (None, "default", "max-autotune-no-cudagraphs"):
+        raise ValueError(f"cuda_graph captures the step itself: compile {config.compile!r} brings its own graphs")
 
 
 def multistep_factor(milestones: list[int], gamma: float):
@@ -105,10 +185,19 @@ class Trainer:
             self.optimizer, multistep_factor(config.milestones, config.gamma)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        if config.cuda_graph:
+            check_graphable(config, self.device, self.precision)
         # Forward, loss and the step's statistics compile as one function: with CUDA graphs
         # (reduce-overhead) all of it replays as one launch; the epoch enters as a tensor.
         self.step_fn = torch.compile(self._forward_loss, mode=config.compile) if config.compile else self._forward_loss
         self.graphed = config.compile in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
+        self.sums = EpochSums(self.device)
+        self.epoch_arg = torch.zeros((), device=self.device)
+        self.step_graph = (
+            StepGraph(self._graph_step, method, self.optimizer, after_warmup=self.sums.reset)
+            if config.cuda_graph
+            else None
+        )
         self.history: list[dict] = []
         self.start_epoch = 0
 
@@ -159,69 +248,51 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def _forward_loss(self, x, y, epoch):
-        with autocast(self.device, self.precision):
+        # Autocast's weight-cast cache would be frozen into a captured graph: off when capturing.
+        with autocast(self.device, self.precision, cache=self.step_graph is None):
             outputs = self.method(x)
         terms = self.method.loss(outputs, y, epoch)
         total = torch.stack(list(terms.values())).sum()
         correct = {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
         return total, terms, correct
 
+    def _step(self, x, y, epoch) -> EpochGroup:
+        """One optimisation step, its loss terms and accuracies added to the epoch's device-side sums."""
+        total, terms, correct = self.step_fn(x, y, epoch)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/acc/{k}" for k in correct))
+        # Loss terms are batch means, weighted by the batch size here; accuracies are counts.
+        losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])
+        values = torch.cat([losses * len(y), torch.stack([c.float() for c in correct.values()])])
+        return self.sums.add(names, values)
+
+    def _graph_step(self, x, y) -> EpochGroup:
+        return self._step(x, y, self.epoch_arg)
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         method, loader = self.method, self.train_loader
         method.train()
         method.set_epoch(epoch)
         loader.set_epoch(epoch)
-        # Device-side accumulators, one per set of term names (DualNet's terms change from step to
-        # step): summed values, sample count, and the first step at which each value went
-        # non-finite, so that a diverging run names the term that went bad first.
-        groups: dict[tuple[str, ...], list] = {}
-        epoch_arg = torch.tensor(float(epoch), device=self.device) if self.config.compile else epoch
+        self.sums.reset()
+        # The epoch reaches the loss as a device tensor on every path: compiled and captured steps
+        # read it instead of being rebuilt each epoch, and eager runs compute the same fp32 ramp-up.
+        self.epoch_arg.fill_(epoch)
         for step, (x, y) in enumerate(loader):
-            if self.graphed:
-                # The previous step's graph outputs are consumed: let the graph replay over them.
-                torch.compiler.cudagraph_mark_step_begin()
-            total, terms, correct = self.step_fn(x, y, epoch_arg)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/acc/{k}" for k in correct))
-            b = len(y)
-            # Loss terms are batch means, weighted by the batch size here; accuracies are counts.
-            # torch.stack makes new tensors: CUDA-graph outputs are overwritten by the next replay.
-            losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])
-            values = torch.cat([losses * b, torch.stack([c.float() for c in correct.values()])])
-            group = groups.get(names)
-            if group is None:
-                bad = torch.where(torch.isfinite(values), -1, step)
-                groups[names] = [values, b, bad]
+            if self.step_graph is not None:
+                group = self.step_graph(x, y)
             else:
-                group[0] = group[0] + values
-                group[1] += b
-                group[2] = torch.where((group[2] < 0) & ~torch.isfinite(values), step, group[2])
+                if self.graphed:
+                    # The previous step's graph outputs are consumed: let the graph replay over them.
+                    torch.compiler.cudagraph_mark_step_begin()
+                self.optimizer.zero_grad(set_to_none=True)
+                group = self._step(x, y, self.epoch_arg)
+            group.count += len(y)
             for cb in self.callbacks:
                 cb.on_step(self, epoch, step)
-        flat = torch.cat([torch.cat([g[0], g[2].float()]) for g in groups.values()]).tolist()  # the epoch's sync
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        first_bad: list[tuple[int, str, float]] = []
-        offset = 0
-        for names, (_, n, _) in groups.items():
-            k = len(names)
-            for i, name in enumerate(names):
-                value, bad_step = flat[offset + i], int(flat[offset + k + i])
-                sums[name] = sums.get(name, 0.0) + value
-                counts[name] = counts.get(name, 0) + n
-                if bad_step >= 0 and name.startswith("train/loss/") and name != "train/loss/total":
-                    first_bad.append((bad_step, name, value))
-            offset += 2 * k
-        if first_bad:
-            step, name, _ = min(first_bad)
-            raise NonFiniteLoss(epoch, name.removeprefix("train/loss/"), sums[name] / counts[name], step)
-        return {
-            name: total / counts[name] * (100.0 if name.startswith("train/acc/") else 1.0)
-            for name, total in sums.items()
-        }
+        return self.sums.read(epoch)  # the epoch's one host sync
 
     def fit(self) -> list[dict]:
         for cb in self.callbacks:

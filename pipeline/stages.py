@@ -20,7 +20,7 @@ from ffl.precision import resolve_precision
 from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback, progress_bar
 from pipeline.errors import UserError
-from pipeline.params import Params, method_spec
+from pipeline.params import OWN_GRAPHS, Params, method_spec
 
 
 class TrainingFailed(RuntimeError):
@@ -85,10 +85,26 @@ def run_config(params: Params) -> dict:
     return cfg
 
 
+def cuda_graph(params: Params, device: torch.device) -> bool:
+    """Whether the whole step is captured as one CUDA graph (train.cuda_graph, auto resolved)."""
+    t = params.train
+    if t.cuda_graph is True:
+        if device.type != "cuda":
+            raise UserError(f"train.cuda_graph: true needs a CUDA device, this run is on {device} (set it to auto)")
+        return True
+    return (
+        t.cuda_graph == "auto"
+        and device.type == "cuda"
+        and params.method.name != "dualnet"
+        and resolve_precision(t.precision, device) != "fp16"
+        and t.compile not in OWN_GRAPHS
+    )
+
+
 def compile_mode(params: Params, device: torch.device) -> str | None:
     mode = params.train.compile
     if mode == "auto":
-        eager = device.type != "cuda" or params.method.name == "dualnet"
+        eager = device.type != "cuda" or params.method.name == "dualnet" or cuda_graph(params, device)
         return None if eager else "reduce-overhead"
     return None if mode == "off" else mode
 
@@ -130,6 +146,7 @@ def build_trainer(params: Params, data: ArrayDataset, device: torch.device, call
         gamma=t.gamma,
         precision=t.precision,
         compile=compile_mode(params, device),
+        cuda_graph=cuda_graph(params, device),
     )
     return Trainer(method, train_loader, config, val_loader, list(callbacks), checkpoint, run_config(params))
 

@@ -72,6 +72,11 @@ def test_out_of_range_and_wrong_types(workdir, override):
     assert_refused(["train", "-S", override], 2, f"error: {override.split('=')[0]}:", workdir)
 
 
+def test_a_cuda_graph_asked_for_on_a_cpu(workdir):
+    args = ["train", "-S", "train.cuda_graph=true", "-S", "train.device=cpu"]
+    assert_refused(args, 2, "error: train.cuda_graph: true needs a CUDA device", workdir)
+
+
 def test_truncated_checkpoint(workdir):
     ckpt = interrupted_checkpoint(workdir)
     ckpt.write_bytes(ckpt.read_bytes()[:2000])

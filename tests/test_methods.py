@@ -223,3 +223,12 @@ def test_epoch_metrics_are_batch_weighted_means_and_percentages():
     assert metrics["train/loss/ce_sub0"] == pytest.approx(2.0)
     assert metrics["train/loss/total"] == pytest.approx(2.0)
     assert metrics["train/acc/sub0"] == pytest.approx(60.0)
+
+
+def test_a_captured_step_is_refused_where_it_cannot_replay_exactly():
+    from ffl.data import DeviceLoader, Split
+    from ffl.engine import TrainConfig, Trainer
+
+    loader = DeviceLoader(Split(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, int)), 2, (0,) * 3, (1,) * 3)
+    with pytest.raises(ValueError, match="the device is cpu"):
+        Trainer(Vanilla([TINY], 3), loader, TrainConfig(cuda_graph=True))

@@ -50,6 +50,10 @@ def test_overrides_use_dvc_exp_run_syntax():
         (["method.name=dualnet", "model.archs=[resnet8, wrn10_2]"], "model.archs", "channel counts"),
         (["train.momentum=0"], "train.nesterov", "momentum"),
         (["train.device=tpu"], "train.device", "expected auto"),
+        (["method.name=dualnet", "train.cuda_graph=true"], "train.cuda_graph", "dualnet"),
+        (["train.precision=fp16", "train.cuda_graph=true"], "train.cuda_graph", "bf16 or fp32"),
+        (["train.compile=reduce-overhead", "train.cuda_graph=true"], "train.compile", "its own CUDA graphs"),
+        (["train.cuda_graph=sometimes"], "train.cuda_graph", "auto"),
         (["train"], "train", "key=value"),
     ],
 )
@@ -118,3 +122,33 @@ def test_bad_search_spaces_are_refused_before_ray_starts(overrides, key, reason)
         check_tune(validate(raw), raw)
     assert e.value.key == key
     assert reason in e.value.reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "graph", "compile"),
+    [
+        ([], True, None),  # FFL on a GPU: the whole step as one graph, no torch.compile
+        (["train.compile=default"], True, "default"),  # fused kernels inside the graph
+        (["method.name=dualnet", "model.shared=auto"], False, None),  # Python-side alternation: eager
+        (["train.precision=fp16"], False, "reduce-overhead"),  # the loss scaler syncs: torch.compile's graphs
+        (["train.compile=reduce-overhead"], False, "reduce-overhead"),
+        (["train.cuda_graph=false"], False, "reduce-overhead"),
+    ],
+)
+def test_auto_speed_settings_on_a_gpu(overrides, graph, compile):
+    import torch
+
+    from pipeline.stages import compile_mode, cuda_graph
+
+    p = validate(apply_overrides(tiny_params(train={"precision": "bf16"}), overrides))
+    cuda = torch.device("cuda")
+    assert (cuda_graph(p, cuda), compile_mode(p, cuda)) == (graph, compile)
+
+
+def test_cpu_runs_are_eager():
+    import torch
+
+    from pipeline.stages import compile_mode, cuda_graph
+
+    p = validate(tiny_params())
+    assert (cuda_graph(p, torch.device("cpu")), compile_mode(p, torch.device("cpu"))) == (False, None)

@@ -3,6 +3,7 @@
 ``forward(images) -> {name: logits}``: every classifier the method has (``sub0``.. ``subN-1``,
 ``ensemble`` and, where there is one, ``fused``); all of them are evaluated.
 ``loss(outputs, targets, epoch) -> {term: scalar}``: the named terms; their sum is minimised.
+The engine passes ``epoch`` as a 0-d tensor on the training device (a float works too).
 ``param_groups(weight_decay, aux_weight_decay)``: optimiser groups; auxiliary modules (fusion
 module, gate) get their own weight decay, as in the authors' separate fusion optimiser.
 ``spec()``: the constructor arguments, plain data, saved next to the weights so that a trained

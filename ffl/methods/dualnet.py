@@ -73,7 +73,8 @@ class DualNet(Method):
 
     def loss(self, outputs, targets, epoch):
         terms = {"ce_fused": cross_entropy(outputs["fused"], targets)}
-        if epoch < self.finetune_start:
+        # The phase is decided on the host (set_epoch), not from ``epoch``: a device tensor would sync.
+        if self._epoch < self.finetune_start:
             for i in range(2):
                 z = outputs[f"sub{i}"]
                 if z.requires_grad:

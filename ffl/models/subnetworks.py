@@ -19,7 +19,11 @@ class Classifier(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x):
-        return self.fc(torch.flatten(self.pool(x), 1))
+        # Logits become softened KD targets: under bf16 autocast the linear layer would round them
+        # to 8 mantissa bits. The head is a vanishing share of the work, so it always runs in fp32.
+        x = torch.flatten(self.pool(x), 1)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc(x.float())
 
 
 def check_fusable(archs: Sequence[str]) -> None:
