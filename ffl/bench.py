@@ -117,6 +117,7 @@ def project(
     channels_last=True,
     compile=None,
     cuda_graph=None,
+    concurrent_branches=False,
     label="project",
 ) -> Result:
     data = random_cifar(batch_size * steps, num_classes)
@@ -133,6 +134,7 @@ def project(
     )
     torch.manual_seed(0)
     method = FFL(list(archs), num_classes)
+    method.net.concurrent_branches = concurrent_branches
     if cuda_graph is None:  # the default path: the whole step as one CUDA graph on GPUs
         cuda_graph = device.type == "cuda"
     config = TrainConfig(epochs=10, precision=precision, compile=compile, cuda_graph=cuda_graph)
@@ -208,6 +210,20 @@ def run(args) -> dict:
                 **common,
             )
         )
+    if args.concurrent_branches:
+        for compile in dict.fromkeys([None, args.compile]):
+            results.append(
+                project(
+                    archs,
+                    batch_size=args.batch_size,
+                    precision=args.precision,
+                    compile=compile,
+                    cuda_graph=False if compile in ("reduce-overhead", "max-autotune") else None,
+                    concurrent_branches=True,
+                    label="project + concurrent branches" + (f" + torch.compile({compile})" if compile else ""),
+                    **common,
+                )
+            )
     best = max(results[1:], key=lambda r: r.images_per_s)
     rows = [
         [
@@ -300,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="also time torch.compile in this mode (compile time reported apart); default and "
         "max-autotune-no-cudagraphs run inside the whole-step graph, the others bring their own",
+    )
+    p.add_argument(
+        "--concurrent-branches", action="store_true", help="also time each branch on its own CUDA stream (experimental)"
     )
     p.add_argument("--ablate", action="store_true", help="time precision and memory-format settings")
     p.add_argument("--scaling", action="store_true", help="images/s against batch size, depth, sub-networks")

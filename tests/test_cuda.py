@@ -31,9 +31,10 @@ def loader(seed=0):
     )
 
 
-def train(method_cls=FFL, epochs=3, checkpoint=None, resume=False, callbacks=(), **config):
+def train(method_cls=FFL, epochs=3, checkpoint=None, resume=False, callbacks=(), concurrent=False, **config):
     torch.manual_seed(0)
     method = method_cls(["resnet8", "resnet8"], 10)
+    method.net.concurrent_branches = concurrent
     cfg = dict(epochs=epochs, milestones=[2], lr=0.05, precision="fp32")  # the milestone forces a recapture
     cfg.update(config)
     trainer = Trainer(method, loader(), TrainConfig(**cfg), callbacks=callbacks, checkpoint_path=checkpoint)
@@ -60,6 +61,11 @@ def assert_same_run(a, b):
 @pytest.mark.parametrize("method_cls", [FFL, DML, ONE])
 def test_graphed_step_trains_like_the_eager_loop(method_cls):
     assert_same_run(train(method_cls, cuda_graph=True), train(method_cls, cuda_graph=False))
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_branches_on_their_own_streams_train_like_sequential_ones(graph):
+    assert_same_run(train(concurrent=True, cuda_graph=graph), train(cuda_graph=False))
 
 
 def test_graphed_step_follows_the_learning_rate_schedule():

@@ -61,6 +61,11 @@ class SubNetworks(nn.Module):
         self.heads = nn.ModuleList(Classifier(b.out_channels, num_classes) for b in backbones)
         self.out_channels = [b.out_channels for b in backbones]
         self.low_channels = backbones[0].low_channels
+        # Experimental: run each branch on its own CUDA stream. Small branches leave most of a
+        # large GPU idle, kernel after kernel; side by side they overlap (forward and, because
+        # autograd replays each op on its forward stream, backward). Measured by ffl bench.
+        self.concurrent_branches = False
+        self._streams: list[torch.cuda.Stream] = []
 
     def __len__(self) -> int:
         return len(self.branches)
@@ -69,8 +74,28 @@ class SubNetworks(nn.Module):
         return self.trunk(x)
 
     def forward_branches(self, shared):
+        # torch.compile cannot trace stream switches (torch 2.11: no fake impl for its stream ops).
+        concurrent = self.concurrent_branches and not torch.compiler.is_compiling()
+        if concurrent and shared.is_cuda and len(self.branches) > 1:
+            return self._forward_concurrent(shared)
         feats = [branch(shared) for branch in self.branches]
         return feats, [head(f) for head, f in zip(self.heads, feats)]
+
+    def _forward_concurrent(self, shared):
+        main = torch.cuda.current_stream(shared.device)
+        if len(self._streams) != len(self.branches):
+            self._streams = [torch.cuda.Stream(shared.device) for _ in self.branches]
+        feats, logits = [], []
+        for stream, branch, head in zip(self._streams, self.branches, self.heads):
+            # Fork: the branch starts after the trunk; the next step's branch after this step's
+            # uses on the main stream, which keeps the allocator's stream-ordered reuse safe.
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                feats.append(branch(shared))
+                logits.append(head(feats[-1]))
+        for stream in self._streams:
+            main.wait_stream(stream)  # join
+        return feats, logits
 
     def forward(self, x):
         return self.forward_branches(self.forward_trunk(x))
