@@ -232,3 +232,42 @@ def test_a_captured_step_is_refused_where_it_cannot_replay_exactly():
     loader = DeviceLoader(Split(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, int)), 2, (0,) * 3, (1,) * 3)
     with pytest.raises(ValueError, match="the device is cpu"):
         Trainer(Vanilla([TINY], 3), loader, TrainConfig(cuda_graph=True))
+
+
+def test_the_step_graph_warm_up_leaves_no_trace(images, targets):
+    """What a captured step replays from must be the state before its warm-up steps (checked on the
+    CPU, where CI runs; the capture itself is tested on a GPU in test_cuda.py)."""
+    import copy
+
+    from ffl.step_graph import StepGraph
+
+    def sgd(m):
+        return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+    method = FFL([TINY, TINY], 4)
+    untouched = copy.deepcopy(method)
+    opt, untouched_opt = sgd(method), sgd(untouched)
+    graph = StepGraph(lambda x, y: None, method, opt)
+
+    def step(m=method, o=opt):
+        o.zero_grad()
+        sum(m.loss(m(images), targets, 0).values()).backward()
+        o.step()
+
+    fresh = graph._snapshot()
+    assert fresh["momentum"] == {}
+    step(), step()
+    graph._restore(fresh)
+    for k, v in method.state_dict().items():
+        assert torch.equal(v, fresh["model"][k]), k
+    # A zeroed momentum buffer gives exactly SGD's first update (no dampening).
+    step(), step(untouched, untouched_opt)
+    for (k, v), w in zip(method.state_dict().items(), untouched.state_dict().values()):
+        assert torch.equal(v, w), k
+
+    step()
+    resumed = graph._snapshot()
+    step()
+    graph._restore(resumed)
+    for p, s in opt.state.items():
+        assert torch.equal(s["momentum_buffer"], resumed["momentum"][p])
