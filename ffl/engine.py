@@ -119,7 +119,11 @@ class EpochSums:
         }
 
 
-def check_graphable(config: TrainConfig, device: torch.device, precision: str) -> None:
+def check_graphable(config: TrainConfig, device: torch.device, precision: str, loader) -> None:
+    n, b = getattr(loader, "num_samples", 0), getattr(loader, "batch_size", 1)
+    if n % b:
+        # Found out here rather than at the end of the first epoch.
+        raise ValueError(f"cuda_graph replays one batch shape: {n} samples leave a last batch of {n % b} (drop_last)")
     if device.type != "cuda":
         raise ValueError(f"cuda_graph captures CUDA work: the device is {device}")
     if precision == "fp16":
@@ -186,7 +190,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if config.cuda_graph:
-            check_graphable(config, self.device, self.precision)
+            if not method.static_step:
+                raise ValueError(f"cuda_graph: {method.name} decides each step in Python; a graph would freeze it")
+            check_graphable(config, self.device, self.precision, train_loader)
         # Forward, loss and the step's statistics compile as one function: with CUDA graphs
         # (reduce-overhead) all of it replays as one launch; the epoch enters as a tensor.
         self.step_fn = torch.compile(self._forward_loss, mode=config.compile) if config.compile else self._forward_loss

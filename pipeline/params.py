@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from ffl.methods import METHODS
 from ffl.models import backbone_spec, check_fusable
 from pipeline.errors import ParamsError
 
@@ -375,8 +376,8 @@ def check_consistency(p: Params) -> None:
     if name == "dualnet" and p.train.compile not in ("off", "auto"):
         raise ParamsError("train.compile", "dualnet alternates its updates in Python: it trains eagerly (off)")
     if p.train.cuda_graph is True:
-        if name == "dualnet":
-            raise ParamsError("train.cuda_graph", "dualnet alternates its updates in Python: set it to auto or false")
+        if not METHODS[name].static_step:
+            raise ParamsError("train.cuda_graph", f"{name} decides each step in Python: set it to auto or false")
         if p.train.precision == "fp16":
             raise ParamsError(
                 "train.cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"

@@ -14,7 +14,7 @@ from ffl.artifact import load_model, save_model
 from ffl.checkpoint import CheckpointError, atomic_write_text
 from ffl.data import ArrayDataset, Augment, DatasetNotFound, DeviceLoader, load_cifar, make_shapes
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
-from ffl.methods import build_method
+from ffl.methods import METHODS, build_method
 from ffl.metrics import evaluate as evaluate_method
 from ffl.precision import resolve_precision
 from pipeline import paths
@@ -95,7 +95,7 @@ def cuda_graph(params: Params, device: torch.device) -> bool:
     return (
         t.cuda_graph == "auto"
         and device.type == "cuda"
-        and params.method.name != "dualnet"
+        and METHODS[params.method.name].static_step
         and resolve_precision(t.precision, device) != "fp16"
         and t.compile not in OWN_GRAPHS
     )

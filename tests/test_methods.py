@@ -229,9 +229,13 @@ def test_a_captured_step_is_refused_where_it_cannot_replay_exactly():
     from ffl.data import DeviceLoader, Split
     from ffl.engine import TrainConfig, Trainer
 
-    loader = DeviceLoader(Split(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, int)), 2, (0,) * 3, (1,) * 3)
+    split = Split(np.zeros((5, 3, 32, 32), np.uint8), np.zeros(5, int))
     with pytest.raises(ValueError, match="the device is cpu"):
-        Trainer(Vanilla([TINY], 3), loader, TrainConfig(cuda_graph=True))
+        Trainer(Vanilla([TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(cuda_graph=True))
+    with pytest.raises(ValueError, match="dualnet decides each step in Python"):
+        Trainer(DualNet([TINY, TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(cuda_graph=True))
+    with pytest.raises(ValueError, match="last batch of 1"):
+        Trainer(Vanilla([TINY], 3), DeviceLoader(split, 2, (0,) * 3, (1,) * 3), TrainConfig(cuda_graph=True))
 
 
 def test_the_step_graph_warm_up_leaves_no_trace(images, targets):

@@ -22,6 +22,10 @@ from ffl.models.subnetworks import SubNetworks
 
 class Method(nn.Module):
     name: ClassVar[str]
+    # Whether every training step launches the same device work, so that one captured CUDA graph
+    # can replay it. A method that decides in Python per step (DualNet's alternation) sets False:
+    # a graph would freeze the decision taken at capture.
+    static_step: ClassVar[bool] = True
 
     def __init__(self, archs: list[str], num_classes: int, shared: bool, **spec: Any):
         super().__init__()

@@ -18,6 +18,7 @@ from ffl.models.subnetworks import Classifier, check_fusable
 
 class DualNet(Method):
     name = "dualnet"
+    static_step = False  # the updated sub-network alternates in Python, step by step
 
     def __init__(
         self,
