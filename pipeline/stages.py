@@ -82,6 +82,9 @@ def run_config(params: Params) -> dict:
     """What a resumed run must share with the checkpoint: everything that changes the result."""
     cfg = params.model_dump(mode="json", exclude={"evaluate", "tune"})
     cfg["train"].pop("device")  # a checkpoint may move between machines
+    # The captured step replays the eager one exactly: a run that fails to capture on some GPU
+    # resumes with cuda_graph false (README, "When things go wrong").
+    cfg["train"].pop("cuda_graph")
     return cfg
 
 

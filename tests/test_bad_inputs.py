@@ -110,6 +110,14 @@ def test_checkpoint_of_another_configuration(workdir):
     assert ffl("train", "-S", "train.lr=0.05", "--fresh")[0] == 0
 
 
+def test_an_interrupted_run_resumes_with_the_cuda_graph_switched_off(workdir):
+    # The graph replays the eager step exactly, so switching it is not another configuration.
+    interrupted_checkpoint(workdir)
+    code, output = ffl("train", "-S", "train.cuda_graph=false")
+    assert code == 0, output
+    assert "resum" in output.lower()
+
+
 def test_corrupted_prepared_dataset(workdir):
     arrays = workdir / "data/prepared/arrays.npz"
     arrays.write_bytes(arrays.read_bytes()[:5000])
