@@ -22,7 +22,7 @@ import torch
 
 from ffl.data import Augment, DeviceLoader, Split
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
-from ffl.engine import TrainConfig, Trainer
+from ffl.engine import COMPILE_MODES_WITH_GRAPHS, TrainConfig, Trainer
 from ffl.methods import FFL
 
 
@@ -198,7 +198,7 @@ def run(args) -> dict:
     results = [ref, project(archs, batch_size=args.batch_size, precision=args.precision, label=default_label, **common)]
     if args.compile:
         # reduce-overhead and max-autotune bring their own CUDA graphs instead of the whole-step one.
-        own_graphs = args.compile in ("reduce-overhead", "max-autotune")
+        own_graphs = args.compile in COMPILE_MODES_WITH_GRAPHS
         results.append(
             project(
                 archs,
@@ -218,7 +218,7 @@ def run(args) -> dict:
                     batch_size=args.batch_size,
                     precision=args.precision,
                     compile=compile,
-                    cuda_graph=False if compile in ("reduce-overhead", "max-autotune") else None,
+                    cuda_graph=False if compile in COMPILE_MODES_WITH_GRAPHS else None,
                     concurrent_branches=True,
                     label="project + concurrent branches" + (f" + torch.compile({compile})" if compile else ""),
                     **common,
@@ -261,7 +261,7 @@ def run(args) -> dict:
         if args.compile:
             # Compiled variants of the fp32-NCHW and bf16 settings: inside the whole-step graph
             # where the mode allows it, eager otherwise.
-            graphed = device.type == "cuda" and args.compile not in ("reduce-overhead", "max-autotune")
+            graphed = device.type == "cuda" and args.compile not in COMPILE_MODES_WITH_GRAPHS
             settings += [
                 (f"{label}, compile {args.compile}", dict(kw, compile=args.compile))
                 for label, kw in settings

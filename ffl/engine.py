@@ -53,6 +53,11 @@ class TrainConfig:
     cuda_graph: bool = False
 
 
+# torch.compile modes that capture CUDA graphs of their own (over forward and backward): they
+# exclude the whole-step graph.
+COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
+
+
 class EpochGroup:
     """Device-side sums of one set of named per-step values, and the first step each went non-finite."""
 
@@ -119,7 +124,9 @@ class EpochSums:
         }
 
 
-def check_graphable(config: TrainConfig, device: torch.device, precision: str, loader) -> None:
+def check_graphable(config: TrainConfig, method, device: torch.device, precision: str, loader) -> None:
+    if not method.static_step:
+        raise ValueError(f"cuda_graph: {method.name} decides each step in Python; a graph would freeze it")
     n, b = getattr(loader, "num_samples", 0), getattr(loader, "batch_size", 1)
     if n % b:
         # Found out here rather than at the end of the first epoch.
@@ -128,7 +135,7 @@ def check_graphable(config: TrainConfig, device: torch.device, precision: str, l
         raise ValueError(f"cuda_graph captures CUDA work: the device is {device}")
     if precision == "fp16":
         raise ValueError("cuda_graph: fp16's loss scaler checks for overflow on the host every step; use bf16 or fp32")
-    if config.compile not in (None, "default", "max-autotune-no-cudagraphs"):
+    if config.compile in COMPILE_MODES_WITH_GRAPHS:
         raise ValueError(f"cuda_graph captures the step itself: compile {config.compile!r} brings its own graphs")
 
 
@@ -190,13 +197,11 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if config.cuda_graph:
-            if not method.static_step:
-                raise ValueError(f"cuda_graph: {method.name} decides each step in Python; a graph would freeze it")
-            check_graphable(config, self.device, self.precision, train_loader)
+            check_graphable(config, method, self.device, self.precision, train_loader)
         # Forward, loss and the step's statistics compile as one function: with CUDA graphs
         # (reduce-overhead) all of it replays as one launch; the epoch enters as a tensor.
         self.step_fn = torch.compile(self._forward_loss, mode=config.compile) if config.compile else self._forward_loss
-        self.graphed = config.compile in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
+        self.compiled_graphs = config.compile in COMPILE_MODES_WITH_GRAPHS and self.device.type == "cuda"
         self.sums = EpochSums(self.device)
         self.epoch_arg = torch.zeros((), device=self.device)
         self.step_graph = (
@@ -290,7 +295,7 @@ class Trainer:
             if self.step_graph is not None:
                 group = self.step_graph(x, y)
             else:
-                if self.graphed:
+                if self.compiled_graphs:
                     # The previous step's graph outputs are consumed: let the graph replay over them.
                     torch.compiler.cudagraph_mark_step_begin()
                 self.optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from ffl.engine import COMPILE_MODES_WITH_GRAPHS
 from ffl.methods import METHODS
 from ffl.models import backbone_spec, check_fusable
 from pipeline.errors import ParamsError
@@ -113,9 +114,6 @@ class MethodParams(Section):
     ekd: KDTerm = KDTerm()
     fkd: KDTerm = KDTerm()
     dualnet: DualNetParams = DualNetParams()
-
-
-OWN_GRAPHS = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs themselves
 
 
 class TrainParams(Section):
@@ -382,7 +380,7 @@ def check_consistency(p: Params) -> None:
             raise ParamsError(
                 "train.cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"
             )
-        if p.train.compile in OWN_GRAPHS:
+        if p.train.compile in COMPILE_MODES_WITH_GRAPHS:
             raise ParamsError(
                 "train.compile", f"{p.train.compile} brings its own CUDA graphs: use default or off with cuda_graph"
             )

@@ -13,14 +13,14 @@ from filelock import FileLock, Timeout
 from ffl.artifact import load_model, save_model
 from ffl.checkpoint import CheckpointError, atomic_write_text
 from ffl.data import ArrayDataset, Augment, DatasetNotFound, DeviceLoader, load_cifar, make_shapes
-from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
+from ffl.engine import COMPILE_MODES_WITH_GRAPHS, NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import METHODS, build_method
 from ffl.metrics import evaluate as evaluate_method
 from ffl.precision import resolve_precision
 from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback, progress_bar
 from pipeline.errors import UserError
-from pipeline.params import OWN_GRAPHS, Params, method_spec
+from pipeline.params import Params, method_spec
 
 
 class TrainingFailed(RuntimeError):
@@ -100,7 +100,7 @@ def cuda_graph(params: Params, device: torch.device) -> bool:
         and device.type == "cuda"
         and METHODS[params.method.name].static_step
         and resolve_precision(t.precision, device) != "fp16"
-        and t.compile not in OWN_GRAPHS
+        and t.compile not in COMPILE_MODES_WITH_GRAPHS
     )
 
 
