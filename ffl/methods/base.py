@@ -67,3 +67,33 @@ class Method(nn.Module):
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch: float) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+class PeerDistillation(Method):
+    """What DML and ONE share: CE on every sub-network plus a ramped-up, temperature-softened KD term."""
+
+    def __init__(
+        self,
+        archs: list[str],
+        num_classes: int,
+        shared: bool,
+        temperature: float,
+        rampup_epochs: float,
+        ce_weight: float,
+        kd_weight: float,
+    ):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(
+            archs,
+            num_classes,
+            shared,
+            temperature=temperature,
+            rampup_epochs=rampup_epochs,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
+        )
+        self.temperature = temperature
+        self.rampup_epochs = rampup_epochs
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight

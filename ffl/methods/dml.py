@@ -8,10 +8,10 @@ ramp-up are kept as parameters so that DML can be run on the same footing as ONE
 from __future__ import annotations
 
 from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
-from ffl.methods.base import Method
+from ffl.methods.base import PeerDistillation
 
 
-class DML(Method):
+class DML(PeerDistillation):
     name = "dml"
 
     def __init__(
@@ -28,21 +28,7 @@ class DML(Method):
             raise ValueError(f"DML needs at least 2 peers, got {len(archs)}")
         if shared:
             raise ValueError("DML peers are independent networks: they cannot share low-level layers")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        super().__init__(
-            archs,
-            num_classes,
-            shared,
-            temperature=temperature,
-            rampup_epochs=rampup_epochs,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-        )
-        self.temperature = temperature
-        self.rampup_epochs = rampup_epochs
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
+        super().__init__(archs, num_classes, shared, temperature, rampup_epochs, ce_weight, kd_weight)
 
     def forward(self, images):
         return self.named_subnets(self.net(images)[1])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
-from ffl.methods.base import Method
+from ffl.methods.base import PeerDistillation
 
 
 class Gate(nn.Module):
@@ -27,7 +27,7 @@ class Gate(nn.Module):
         return torch.softmax(self.relu(self.bn(self.fc(torch.flatten(self.pool(shared), 1)))), dim=1)
 
 
-class ONE(Method):
+class ONE(PeerDistillation):
     name = "one"
 
     def __init__(
@@ -44,22 +44,8 @@ class ONE(Method):
             raise ValueError(f"ONE needs at least 2 branches, got {len(archs)}")
         if not shared:
             raise ValueError("ONE's gate reads the shared low-level features: its branches must share them")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        super().__init__(
-            archs,
-            num_classes,
-            shared,
-            temperature=temperature,
-            rampup_epochs=rampup_epochs,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-        )
+        super().__init__(archs, num_classes, shared, temperature, rampup_epochs, ce_weight, kd_weight)
         self.gate = Gate(self.net.low_channels, len(archs))
-        self.temperature = temperature
-        self.rampup_epochs = rampup_epochs
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
 
     def auxiliary_modules(self):
         return [self.gate]
