@@ -133,3 +133,15 @@ def test_a_real_process_fails_with_one_line_and_no_traceback(workdir):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: method.name: Input should be 'ffl'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_times_the_project_against_the_reference_in_one_run(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--device", "cpu", "--arch", "resnet8", "--num-classes", "10", "--batch-size", "16"]
+    result = ffl("bench", *args, "--steps", "2", "--warmup", "1", "--ref-workers", "0", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["sections"]["step"]
+    assert [r[0] for r in rows] == ["reference", "project"]
+    ratio = float(rows[1][1]) / float(rows[0][1])  # from images/s as printed (rounded)
+    assert float(rows[1][3].removesuffix("x")) == pytest.approx(ratio, rel=0.02)
+    assert "Projected 300-epoch run" in result.output
