@@ -1,10 +1,10 @@
 """Does the fast path cost accuracy? Final fused test error on the embedded default, fast vs plain.
 
 Fast: the project's defaults (precision auto, channels_last, the whole step as one CUDA graph on
-GPUs). Plain: fp32, NCHW, eager. Several
-seeds each; prints mean, std and every run. Library only (no DVC, Ray or pydantic), so it runs on
-any machine with torch: ``python benchmarks/accuracy.py --seeds 0 1 2 --device cuda``. The
-dataset, model and schedule are read from params.yaml so the comparison is on what `make repro` runs.
+GPUs). Plain: fp32, NCHW, eager. Several seeds each; prints mean, std and every run. Library only
+(no DVC, Ray or pydantic), so it runs on any machine with torch:
+``python benchmarks/accuracy.py --seeds 0 1 2 --device cuda``. The dataset, model and schedule
+are read from params.yaml so the comparison is on what `make repro` runs.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def project(
     method = FFL(list(archs), num_classes)
     method.net.concurrent_branches = concurrent_branches
     if cuda_graph is None:  # the default path: the whole step as one CUDA graph on GPUs
-        cuda_graph = device.type == "cuda"
+        cuda_graph = device.type == "cuda" and compile not in COMPILE_MODES_WITH_GRAPHS
     config = TrainConfig(epochs=10, precision=precision, compile=compile, cuda_graph=cuda_graph)
     trainer = Trainer(method, loader, config)
     # Warm-up: one short epoch (compilation, cuDNN autotuning, allocator), timed for the compile cost.
@@ -199,15 +199,12 @@ def run(args) -> dict:
     default_label = "project (whole-step CUDA graph)" if device.type == "cuda" else "project"
     results = [ref, project(archs, batch_size=args.batch_size, precision=args.precision, label=default_label, **common)]
     if args.compile:
-        # reduce-overhead and max-autotune bring their own CUDA graphs instead of the whole-step one.
-        own_graphs = args.compile in COMPILE_MODES_WITH_GRAPHS
         results.append(
             project(
                 archs,
                 batch_size=args.batch_size,
                 precision=args.precision,
                 compile=args.compile,
-                cuda_graph=False if own_graphs else None,
                 label=f"project + torch.compile({args.compile})",
                 **common,
             )
@@ -220,7 +217,6 @@ def run(args) -> dict:
                     batch_size=args.batch_size,
                     precision=args.precision,
                     compile=compile,
-                    cuda_graph=False if compile in COMPILE_MODES_WITH_GRAPHS else None,
                     concurrent_branches=True,
                     label="project + concurrent branches" + (f" + torch.compile({compile})" if compile else ""),
                     **common,

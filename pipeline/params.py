@@ -371,10 +371,11 @@ def check_consistency(p: Params) -> None:
             raise ParamsError("model.archs", "dualnet sums feature maps: their channel counts must match")
     if name == "ffl" and p.method.ekd.enabled and not p.fusion.enabled:
         raise ParamsError("method.ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
-    if name == "dualnet" and p.train.compile not in ("off", "auto"):
-        raise ParamsError("train.compile", "dualnet alternates its updates in Python: it trains eagerly (off)")
+    static_step = METHODS[name].static_step
+    if not static_step and p.train.compile not in ("off", "auto"):
+        raise ParamsError("train.compile", f"{name} decides each step in Python: it trains eagerly (off)")
     if p.train.cuda_graph is True:
-        if not METHODS[name].static_step:
+        if not static_step:
             raise ParamsError("train.cuda_graph", f"{name} decides each step in Python: set it to auto or false")
         if p.train.precision == "fp16":
             raise ParamsError(

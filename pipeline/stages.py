@@ -107,7 +107,8 @@ def cuda_graph(params: Params, device: torch.device) -> bool:
 def compile_mode(params: Params, device: torch.device) -> str | None:
     mode = params.train.compile
     if mode == "auto":
-        eager = device.type != "cuda" or params.method.name == "dualnet" or cuda_graph(params, device)
+        static = METHODS[params.method.name].static_step
+        eager = device.type != "cuda" or not static or cuda_graph(params, device)
         return None if eager else "reduce-overhead"
     return None if mode == "off" else mode
 
