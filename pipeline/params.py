@@ -49,14 +49,34 @@ class AugmentParams(Section):
     flip: bool = True
 
 
+class FilesParams(Section):
+    """Datasets read from image files (imagenet, imagefolder): decoding and the standard ImageNet crops."""
+
+    image_size: int = Field(224, ge=8)
+    resize: int = Field(256, ge=8)
+    workers: int = Field(8, ge=0)
+
+    @field_validator("resize")
+    @classmethod
+    def _covers_crop(cls, resize, info):
+        size = info.data.get("image_size")
+        if size is not None and resize < size:
+            raise ValueError(f"must be at least image_size ({size}): evaluation centre-crops the resized image")
+        return resize
+
+
+FILE_SOURCES = ("imagenet", "imagefolder")
+
+
 class DataParams(Section):
-    source: Literal["shapes", "cifar10", "cifar100"] = "shapes"
+    source: Literal["shapes", "cifar10", "cifar100", "imagenet", "imagefolder"] = "shapes"
     seed: int = Field(0, ge=0)  # the dataset's own seed (generation, validation split), not training's
     root: str = "data/raw"
     download: bool = False
     val_fraction: float = Field(0.1, ge=0, lt=1)
     shapes: ShapesParams = ShapesParams()
     augment: AugmentParams = AugmentParams()
+    files: FilesParams = FilesParams()
 
 
 def _known_arch(name: str) -> str:
@@ -349,6 +369,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> 
 def check_consistency(p: Params) -> None:
     """What no single key can say wrong on its own."""
     name, archs, n = p.method.name, p.model.archs, len(p.model.archs)
+    if p.data.download and p.data.source in FILE_SOURCES:
+        raise ParamsError("data.download", f"{p.data.source} cannot be downloaded: place it under data.root")
     if name in ("ffl", "dml", "one") and n < 2:
         raise ParamsError("model.archs", f"{name} needs at least 2 sub-networks, got {n}")
     if name == "dualnet" and n != 2:

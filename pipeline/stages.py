@@ -12,7 +12,18 @@ from filelock import FileLock, Timeout
 
 from ffl.artifact import load_model, save_model
 from ffl.checkpoint import CheckpointError, atomic_write_text
-from ffl.data import ArrayDataset, Augment, DatasetNotFound, DeviceLoader, load_cifar, make_shapes
+from ffl.data import (
+    Augment,
+    Dataset,
+    DatasetNotFound,
+    FileSettings,
+    load_cifar,
+    load_dataset,
+    load_imagefolder,
+    load_imagenet,
+    make_shapes,
+    split_loader,
+)
 from ffl.engine import COMPILE_MODES_WITH_GRAPHS, NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import METHODS, build_method
 from ffl.metrics import evaluate as evaluate_method
@@ -51,12 +62,17 @@ def ensure_writable(*dirs: Path) -> None:
 # -- prepare -----------------------------------------------------------------------------------
 
 
-def prepare(params: Params, out: Path = paths.PREPARED) -> ArrayDataset:
+def prepare(params: Params, out: Path = paths.PREPARED) -> Dataset:
+    """Small datasets become uint8 arrays; image-file datasets (ImageNet) an index of their files."""
     d = params.data
     try:
         if d.source == "shapes":
             s = d.shapes
             data = make_shapes(s.train_per_class, s.test_per_class, d.val_fraction, s.noise, d.seed)
+        elif d.source == "imagenet":
+            data = load_imagenet(d.root, d.val_fraction, d.seed)
+        elif d.source == "imagefolder":
+            data = load_imagefolder(d.root, d.val_fraction, d.seed)
         else:
             data = load_cifar(d.source, d.root, d.val_fraction, d.seed, download=d.download)
     except DatasetNotFound as e:
@@ -66,9 +82,9 @@ def prepare(params: Params, out: Path = paths.PREPARED) -> ArrayDataset:
     return data
 
 
-def load_prepared(directory: Path = paths.PREPARED) -> ArrayDataset:
+def load_prepared(directory: Path = paths.PREPARED) -> Dataset:
     try:
-        return ArrayDataset.load(directory)
+        return load_dataset(directory)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -113,32 +129,33 @@ def compile_mode(params: Params, device: torch.device) -> str | None:
     return None if mode == "off" else mode
 
 
-def build_trainer(params: Params, data: ArrayDataset, device: torch.device, callbacks=(), checkpoint=None) -> Trainer:
+def loader(params: Params, data: Dataset, split: str, device: torch.device, train: bool = False):
+    """The one way the stages (and tune trials) turn a prepared split into batches."""
+    a, f = params.data.augment, params.data.files
+    return split_loader(
+        data,
+        split,
+        params.train.batch_size if train else params.evaluate.batch_size,
+        device,
+        train=train,
+        seed=params.seed,
+        channels_last=params.train.channels_last,
+        augment=Augment(a.pad, a.pad_mode, a.flip),
+        files=FileSettings(f.image_size, f.resize, f.workers),
+    )
+
+
+def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks=(), checkpoint=None) -> Trainer:
     torch.manual_seed(params.seed)
     method = build_method(method_spec(params, data.num_classes))
-    t, a = params.train, params.data.augment
+    t = params.train
     if t.batch_size > len(data.splits["train"]):
         raise UserError(
             f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})"
         )
-    train_loader = DeviceLoader(
-        data.splits["train"],
-        t.batch_size,
-        data.mean,
-        data.std,
-        device,
-        augment=Augment(a.pad, a.pad_mode, a.flip),
-        shuffle=True,
-        drop_last=True,
-        seed=params.seed,
-        channels_last=t.channels_last,
-    )
+    train_loader = loader(params, data, "train", device, train=True)
     val = data.splits.get("val")
-    val_loader = None
-    if val is not None and len(val):
-        val_loader = DeviceLoader(
-            val, params.evaluate.batch_size, data.mean, data.std, device, channels_last=t.channels_last
-        )
+    val_loader = loader(params, data, "val", device) if val is not None and len(val) else None
     config = TrainConfig(
         epochs=t.epochs,
         lr=t.lr,
@@ -212,19 +229,12 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
     except CheckpointError as e:
         raise UserError(str(e)) from None
     data = load_prepared()
-    loader = DeviceLoader(
-        data.splits["test"],
-        params.evaluate.batch_size,
-        data.mean,
-        data.std,
-        device,
-        channels_last=params.train.channels_last,
-    )
+    test = loader(params, data, "test", device)
     method.to(device)
     if params.train.channels_last:
         method.to(memory_format=torch.channels_last)
     precision = resolve_precision(params.train.precision, device)
-    result = summarise(evaluate_method(method, loader, precision, progress=progress_bar("evaluating")))
+    result = summarise(evaluate_method(method, test, precision, progress=progress_bar("evaluating")))
     ensure_writable(out.parent)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

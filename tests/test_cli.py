@@ -121,6 +121,33 @@ def test_corrupted_cifar_is_refused_at_the_door(workdir, monkeypatch):
     assert ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=raw").exit_code == 0
 
 
+def test_image_folder_dataset_end_to_end(workdir):
+    from tests.imagenet_archive import write_imagefolder
+
+    write_imagefolder(workdir / "raw", classes=("cat", "dog", "owl"), per_class={"train": 12, "val": 4})
+    files = ["-S", "data.source=imagefolder", "-S", "data.root=raw", "-S", "data.files.image_size=32"]
+    files += ["-S", "data.files.resize=36", "-S", "data.files.workers=1"]
+    assert ffl("prepare", *files).exit_code == 0
+    assert (workdir / "data/prepared/files.npz").exists() and not (workdir / "data/prepared/arrays.npz").exists()
+    result = ffl("train", *files, "-S", "train.batch_size=8", "-S", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    result = ffl("evaluate", *files)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((workdir / "metrics/test.json").read_text())
+    assert {"sub0", "sub1", "ensemble", "fused"} <= set(metrics)
+    _, info = load_model(workdir / "models/model.pt")
+    assert info["name"] == "imagefolder" and info["classes"] == ["cat", "dog", "owl"]
+
+
+def test_missing_imagenet_names_the_archives_and_writes_nothing(workdir):
+    before = snapshot(workdir)
+    result = ffl("prepare", "-S", "data.source=imagenet", "-S", "data.root=nowhere")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: data.root: imagenet not found or corrupted under nowhere")
+    assert "ILSVRC2012_devkit_t12.tar.gz" in result.output and len(result.output.strip().splitlines()) == 1
+    assert snapshot(workdir) == before and not (workdir / "nowhere").exists()
+
+
 def test_a_real_process_fails_with_one_line_and_no_traceback(workdir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(

@@ -54,6 +54,7 @@ class ArrayDataset:
             np.savez(f, **arrays)
         os.replace(tmp, directory / "arrays.npz")
         meta = {
+            "format": "arrays",
             "name": self.name,
             "classes": self.classes,
             "mean": list(self.mean),

@@ -1,0 +1,119 @@
+"""Batches of image files (ImageNet): decoded and augmented by DataLoader workers, normalised on the device.
+
+The same interface as ``DeviceLoader``, so the engine, the step graph and evaluation take either.
+Training draws torchvision's RandomResizedCrop and a horizontal flip, evaluation resizes the
+shorter side and centre-crops: the standard ImageNet recipe. Workers hand over uint8 tensors
+(a quarter of float32's bytes through shared and pinned memory); the float conversion, the
+normalisation and channels_last happen on the device.
+
+Every image's augmentation is drawn from its own seed, a function of (seed, epoch, index): an
+epoch is the same whatever the number of workers, and a run resumed at an epoch boundary sees
+the same images as one that never stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torchvision import transforms
+from torchvision.datasets.folder import default_loader
+
+from ffl.data.files import FileSplit
+
+_MIX = 1_000_003  # (seed, epoch) -> generator seed, as in DeviceLoader
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, split: FileSplit, root: str, transform):
+        self.paths = split.paths
+        self.labels = split.labels
+        self.root = Path(root)
+        self.transform = transform
+        self.base = 0  # set per epoch, before the workers are forked
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = default_loader(str(self.root / str(self.paths[i])))
+        # torchvision's random transforms draw from the global RNG; fork it so that the draw is
+        # this image's alone (and the main process's RNG stays untouched when workers = 0).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.base + i) % (1 << 63))
+            x = self.transform(image)
+        return x, int(self.labels[i])
+
+
+class FileLoader:
+    def __init__(
+        self,
+        split: FileSplit,
+        root: str,
+        batch_size: int,
+        mean,
+        std,
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        image_size: int = 224,
+        resize: int = 256,
+        flip: bool = True,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        workers: int = 8,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if resize < image_size:
+            raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
+        self.device = torch.device(device)
+        if train:
+            steps = [transforms.RandomResizedCrop(image_size)]
+            steps += [transforms.RandomHorizontalFlip()] if flip else []
+        else:
+            steps = [transforms.Resize(resize), transforms.CenterCrop(image_size)]
+        self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]))
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.channels_last = channels_last
+        self.workers = workers
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        key = self.seed * _MIX + self.epoch
+        self.dataset.base = key * len(self.dataset)
+        # Workers are started per epoch (not persistent) so that each one holds this epoch's base.
+        batches = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            generator=torch.Generator().manual_seed(key),
+            drop_last=self.drop_last,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for x, y in batches:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y

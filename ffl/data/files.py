@@ -1,0 +1,147 @@
+"""Datasets too large to hold in memory (ImageNet): the prepared form is an index of image files.
+
+``imagenet`` goes through torchvision's ``ImageNet``, which checks the md5 of the devkit and of
+each archive before extracting it (once, into the root) and names the classes by WordNet id;
+``imagefolder`` reads any ``root/train/<class>/*`` + ``root/val/<class>/*`` layout through
+``ImageFolder`` (an ImageNet already extracted that way, Tiny-ImageNet, a dataset of your own).
+Either way a validation split is held out of ``train`` for model selection and tuning, and the
+``val`` folder is the test split, the one ImageNet papers report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ffl.checkpoint import atomic_write_text
+from ffl.data.arrays import SPLITS, stratified_split
+from ffl.data.cifar import DatasetNotFound
+
+# torchvision's ImageNet weights normalise with these; they serve any natural-image folder too.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+@dataclass
+class FileSplit:
+    paths: np.ndarray  # (N,) str, relative to the dataset's root
+    labels: np.ndarray  # (N,) int64
+
+    def __post_init__(self):
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"{len(self.paths)} files but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class FileDataset:
+    name: str
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    root: str  # absolute: the prepared index may be read from another working directory
+    splits: dict[str, FileSplit]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def save(self, directory: str | Path) -> None:
+        """Writes ``files.npz`` then ``meta.json`` (the commit point), each through a rename."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for split, data in self.splits.items():
+            arrays[f"{split}_paths"] = data.paths.astype(str)  # fixed-width unicode: no pickle on load
+            arrays[f"{split}_labels"] = data.labels
+        tmp = directory / "files.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, directory / "files.npz")
+        meta = {
+            "format": "files",
+            "name": self.name,
+            "root": self.root,
+            "classes": self.classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+        }
+        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FileDataset:
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_text())
+        with np.load(directory / "files.npz") as z:
+            splits = {
+                s: FileSplit(z[f"{s}_paths"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z
+            }
+        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta["root"], splits)
+
+
+def _index(folder, root: Path) -> FileSplit:
+    """An ImageFolder's samples as paths relative to ``root``."""
+    paths = np.array([os.path.relpath(p, root) for p, _ in folder.samples], dtype=str)
+    return FileSplit(paths, np.asarray(folder.targets, dtype=np.int64))
+
+
+def _with_val(name: str, classes, root: Path, train: FileSplit, test: FileSplit, val_fraction: float, seed: int):
+    keep, held = stratified_split(train.labels, val_fraction, seed)
+    splits = {
+        "train": FileSplit(train.paths[keep], train.labels[keep]),
+        "val": FileSplit(train.paths[held], train.labels[held]),
+        "test": test,
+    }
+    return FileDataset(name, list(classes), IMAGENET_MEAN, IMAGENET_STD, str(root), splits)
+
+
+def load_imagenet(root: str | Path, val_fraction: float, seed: int) -> FileDataset:
+    """ImageNet-1k through torchvision (archives checked and extracted on first use; needs scipy)."""
+    from torchvision.datasets import ImageNet
+
+    given, root = root, Path(root).resolve()
+    try:
+        train, test = ImageNet(str(root), split="train"), ImageNet(str(root), split="val")
+    except RuntimeError as e:
+        # torchvision's own message names the one archive it stopped at; say what the whole set is.
+        raise DatasetNotFound(
+            f"imagenet not found or corrupted under {given}: {str(e).splitlines()[0]} "
+            f"(expected {', '.join(IMAGENET_ARCHIVES)} with torchvision's md5 checksums; they cannot be "
+            f"downloaded automatically)"
+        ) from None
+    except ModuleNotFoundError as e:
+        raise DatasetNotFound(f"imagenet: reading the devkit needs {e.name} (pip install {e.name})") from None
+    if train.wnids != test.wnids:
+        raise DatasetNotFound(f"imagenet under {given}: train and val have different classes")
+    return _with_val("imagenet", train.wnids, root, _index(train, root), _index(test, root), val_fraction, seed)
+
+
+def load_imagefolder(root: str | Path, val_fraction: float, seed: int) -> FileDataset:
+    """``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (val is the test split)."""
+    from torchvision.datasets import ImageFolder
+
+    given, root = root, Path(root).resolve()
+    folders = {}
+    for split in ("train", "val"):
+        try:
+            folders[split] = ImageFolder(str(root / split))
+        except (OSError, RuntimeError) as e:
+            raise DatasetNotFound(
+                f"imagefolder under {given}: {split}/ is missing or empty ({str(e).splitlines()[0]}); "
+                f"expected {given}/train/<class>/<image> and {given}/val/<class>/<image>"
+            ) from None
+    train, test = folders["train"], folders["val"]
+    if train.classes != test.classes:
+        only = sorted(set(train.classes) ^ set(test.classes))
+        raise DatasetNotFound(
+            f"imagefolder under {given}: train/ and val/ have different classes ({', '.join(only[:5])})"
+        )
+    return _with_val("imagefolder", train.classes, root, _index(train, root), _index(test, root), val_fraction, seed)

@@ -1,0 +1,83 @@
+"""The prepared dataset, whichever form it takes, and the loader of one of its splits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ffl.data.arrays import ArrayDataset
+from ffl.data.file_loader import FileLoader
+from ffl.data.files import FileDataset
+from ffl.data.loader import Augment, DeviceLoader
+
+Dataset = ArrayDataset | FileDataset
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """How image files become batches (``FileDataset`` only)."""
+
+    image_size: int = 224  # training: random-resized crop to this; evaluation: centre crop
+    resize: int = 256  # evaluation: the shorter side is resized to this before the crop
+    workers: int = 8  # DataLoader worker processes
+
+
+def load_dataset(directory: str | Path) -> Dataset:
+    """What ``ArrayDataset.save`` or ``FileDataset.save`` wrote (``meta.json`` says which)."""
+    directory = Path(directory)
+    if not (directory / "meta.json").exists():
+        raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
+    form = json.loads((directory / "meta.json").read_text()).get("format", "arrays")
+    if form == "files":
+        return FileDataset.load(directory)
+    if form == "arrays":
+        return ArrayDataset.load(directory)
+    raise ValueError(f"unknown prepared format {form!r}")
+
+
+def split_loader(
+    data: Dataset,
+    split: str,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    train: bool = False,
+    seed: int = 0,
+    channels_last: bool = False,
+    augment: Augment = Augment(),
+    files: FileSettings = FileSettings(),
+):
+    """Training batches (shuffled, augmented, whole) when ``train``, else every sample in order."""
+    if isinstance(data, FileDataset):
+        return FileLoader(
+            data.splits[split],
+            data.root,
+            batch_size,
+            data.mean,
+            data.std,
+            device,
+            train=train,
+            image_size=files.image_size,
+            resize=files.resize,
+            flip=augment.flip,
+            shuffle=train,
+            drop_last=train,
+            seed=seed,
+            channels_last=channels_last,
+            workers=files.workers,
+        )
+    return DeviceLoader(
+        data.splits[split],
+        batch_size,
+        data.mean,
+        data.std,
+        device,
+        augment=augment if train else None,
+        shuffle=train,
+        drop_last=train,
+        seed=seed,
+        channels_last=channels_last,
+    )

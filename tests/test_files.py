@@ -1,0 +1,138 @@
+"""Image-file datasets (ImageNet, any ImageFolder): torchvision's parsing and checksums, the prepared
+index, and a loader whose batches depend on (seed, epoch) alone."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ffl.data import (
+    DatasetNotFound,
+    FileDataset,
+    FileLoader,
+    FileSettings,
+    load_dataset,
+    load_imagefolder,
+    load_imagenet,
+    split_loader,
+)
+from tests.imagenet_archive import WNIDS, trust_written_archives, write_imagefolder, write_imagenet
+
+
+@pytest.fixture
+def imagenet_root(tmp_path, monkeypatch):
+    root = tmp_path / "imagenet"
+    trust_written_archives(monkeypatch, write_imagenet(root))
+    return root
+
+
+def test_imagenet_parses_the_real_archives_with_their_checksums(imagenet_root):
+    data = load_imagenet(imagenet_root, val_fraction=1 / 3, seed=0)
+    assert data.classes == list(WNIDS)  # leaves of meta.mat only, in WordNet-id order
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 12, "val": 6, "test": 6}
+    assert np.bincount(data.splits["val"].labels).tolist() == [2, 2, 2]  # stratified
+    assert not set(data.splits["val"].paths) & set(data.splits["train"].paths)
+    # Every test image sits in the class folder its ground-truth line names, and carries that label.
+    for path, label in zip(data.splits["test"].paths, data.splits["test"].labels):
+        assert path.startswith(f"val/{WNIDS[label]}/ILSVRC2012_val_")
+        assert (imagenet_root / path).exists()
+    # Once extracted, the dataset opens from the folders, to the same index.
+    again = load_imagenet(imagenet_root, val_fraction=1 / 3, seed=0)
+    assert np.array_equal(again.splits["train"].paths, data.splits["train"].paths)
+
+
+def test_corrupted_imagenet_archive_is_refused_before_anything_is_extracted(imagenet_root):
+    archive = imagenet_root / "ILSVRC2012_img_train.tar"
+    blob = bytearray(archive.read_bytes())
+    blob[2000] ^= 0xFF
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(DatasetNotFound) as e:
+        load_imagenet(imagenet_root, val_fraction=0.1, seed=0)
+    message = str(e.value)
+    assert "imagenet not found or corrupted under" in message and "ILSVRC2012_img_train.tar" in message
+    assert "ILSVRC2012_devkit_t12.tar.gz" in message  # the whole expected set is named
+    assert not (imagenet_root / "train").exists()
+
+
+def test_imagefolder_layout_and_its_errors(tmp_path):
+    write_imagefolder(tmp_path / "ds")
+    data = load_imagefolder(tmp_path / "ds", val_fraction=0.25, seed=0)
+    assert data.classes == ["cat", "dog"]
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 12, "val": 4, "test": 6}
+    with pytest.raises(DatasetNotFound, match=r"imagefolder under .*nowhere: train/ is missing"):
+        load_imagefolder(tmp_path / "nowhere", 0.1, 0)
+    write_imagefolder(tmp_path / "odd", classes=("cat",), per_class={"val": 1})
+    write_imagefolder(tmp_path / "odd", classes=("cat", "cow"), per_class={"train": 2})
+    with pytest.raises(DatasetNotFound, match=r"different classes \(cow\)"):
+        load_imagefolder(tmp_path / "odd", 0.1, 0)
+
+
+def test_prepared_index_round_trips_and_says_its_format(tmp_path):
+    write_imagefolder(tmp_path / "ds")
+    data = load_imagefolder(tmp_path / "ds", val_fraction=0.25, seed=0)
+    data.save(tmp_path / "prepared")
+    back = load_dataset(tmp_path / "prepared")
+    assert isinstance(back, FileDataset) and back.root == data.root and back.classes == data.classes
+    for split in ("train", "val", "test"):
+        assert np.array_equal(back.splits[split].paths, data.splits[split].paths)
+        assert np.array_equal(back.splits[split].labels, data.splits[split].labels)
+    assert not list((tmp_path / "prepared").glob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    write_imagefolder(root, per_class={"train": 10, "val": 3})
+    return load_imagefolder(root, val_fraction=0.2, seed=0)
+
+
+def batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def train_loader(data, workers, seed=0):
+    return FileLoader(
+        data.splits["train"], data.root, 4, data.mean, data.std, train=True, image_size=24, resize=28,
+        shuffle=True, drop_last=True, seed=seed, workers=workers, channels_last=True,
+    )  # fmt: skip
+
+
+def test_an_epoch_depends_on_seed_and_epoch_not_on_the_workers(folder):
+    rng_before = torch.get_rng_state()
+    serial = batches(train_loader(folder, workers=0), epoch=3)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the training RNG is left alone
+    parallel = batches(train_loader(folder, workers=2), epoch=3)
+    assert len(serial) == len(parallel) == 16 // 4
+    for (xa, ya), (xb, yb) in zip(serial, parallel):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    x, y = serial[0]
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    other_epoch = batches(train_loader(folder, workers=0), epoch=4)
+    assert not torch.equal(torch.cat([b[0] for b in other_epoch]), torch.cat([b[0] for b in serial]))
+    other_seed = batches(train_loader(folder, workers=0, seed=1), epoch=3)
+    assert not torch.equal(torch.cat([b[0] for b in other_seed]), torch.cat([b[0] for b in serial]))
+
+
+def test_evaluation_is_resize_then_centre_crop_normalised_in_order(folder):
+    loader = split_loader(folder, "test", 4, "cpu", files=FileSettings(image_size=24, resize=28, workers=0))
+    assert len(loader) == 2 and loader.num_samples == 6  # every image, the last batch short
+    x, y = next(iter(loader))
+    assert y.tolist() == folder.splits["test"].labels[:4].tolist()
+    # The first image by hand: 40x44 -> shorter side 28 -> 28x30 -> centre 24x24.
+    image = Image.open(f"{folder.root}/{folder.splits['test'].paths[0]}").convert("RGB")
+    image = image.resize((30, 28), Image.BILINEAR)
+    pixels = torch.from_numpy(np.array(image)[2:26, 3:27]).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(folder.mean).view(3, 1, 1), torch.tensor(folder.std).view(3, 1, 1)
+    torch.testing.assert_close(x[0], (pixels - mean) / std, atol=2e-2, rtol=0)
+
+
+def test_split_loader_keeps_in_memory_datasets_on_the_device_loader():
+    from ffl.data import DeviceLoader, make_shapes
+
+    shapes = make_shapes(train_per_class=4, test_per_class=2, val_fraction=0.25, seed=0)
+    train = split_loader(shapes, "train", 8, "cpu", train=True)
+    assert isinstance(train, DeviceLoader) and train.drop_last and train.augment is not None
+    test = split_loader(shapes, "test", 8, "cpu")
+    assert not test.drop_last and test.augment is None and test.num_samples == 20
