@@ -16,6 +16,7 @@ from ffl.data import (
     Augment,
     Dataset,
     DatasetNotFound,
+    FileDataset,
     FileSettings,
     load_cifar,
     load_dataset,
@@ -84,11 +85,20 @@ def prepare(params: Params, out: Path = paths.PREPARED) -> Dataset:
 
 def load_prepared(directory: Path = paths.PREPARED) -> Dataset:
     try:
-        return load_dataset(directory)
+        data = load_dataset(directory)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{directory}: prepared dataset is unreadable ({e}); run `ffl prepare` again") from None
+    if isinstance(data, FileDataset):
+        # The index holds paths, not pixels: found out here, not in a DataLoader worker mid-epoch.
+        first = Path(data.root) / str(data.splits["train"].paths[0])
+        if not first.is_file():
+            raise UserError(
+                f"{directory}: indexes images under {data.root}, but {first} is not there "
+                f"(moved? set data.root and run `ffl prepare` again)"
+            )
+    return data
 
 
 # -- train -------------------------------------------------------------------------------------

@@ -137,6 +137,12 @@ def test_image_folder_dataset_end_to_end(workdir):
     assert {"sub0", "sub1", "ensemble", "fused"} <= set(metrics)
     _, info = load_model(workdir / "models/model.pt")
     assert info["name"] == "imagefolder" and info["classes"] == ["cat", "dog", "owl"]
+    # The index points at the images; moved images are named before any work starts.
+    (workdir / "raw").rename(workdir / "moved")
+    before = snapshot(workdir)
+    result = ffl("train", *files, "-S", "train.batch_size=8", "-S", "train.epochs=2")
+    assert result.exit_code == 2 and "indexes images under" in result.output and "raw" in result.output
+    assert snapshot(workdir) == before
 
 
 def test_missing_imagenet_names_the_archives_and_writes_nothing(workdir):

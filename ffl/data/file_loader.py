@@ -38,11 +38,16 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         image = default_loader(str(self.root / str(self.paths[i])))
-        # torchvision's random transforms draw from the global RNG; fork it so that the draw is
-        # this image's alone (and the main process's RNG stays untouched when workers = 0).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.base + i) % (1 << 63))
+        # torchvision's random transforms draw from the global CPU generator: seeding it makes the
+        # draw this image's alone; its state is put back for the training loop when workers = 0.
+        # (The generator directly: torch.manual_seed also visits every other backend, ~90 us.)
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed((self.base + i) % (1 << 63))
+        try:
             x = self.transform(image)
+        finally:
+            generator.set_state(state)
         return x, int(self.labels[i])
 
 
