@@ -7,7 +7,19 @@ train = DeviceLoader(data.splits["train"], 128, data.mean, data.std, augment=Aug
 Trainer(method, train, TrainConfig(epochs=10, milestones=[5, 8])).fit()
 """
 
-from ffl.data import ArrayDataset, Augment, DeviceLoader, load_cifar, make_shapes
+from ffl.data import (
+    ArrayDataset,
+    Augment,
+    DeviceLoader,
+    FileDataset,
+    FileLoader,
+    FileSettings,
+    load_cifar,
+    load_imagefolder,
+    load_imagenet,
+    make_shapes,
+    split_loader,
+)
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.fusion import FusionModule
 from ffl.methods import DML, FFL, METHODS, ONE, DualNet, Vanilla, build_method
@@ -22,6 +34,9 @@ __all__ = [
     "Augment",
     "DeviceLoader",
     "DualNet",
+    "FileDataset",
+    "FileLoader",
+    "FileSettings",
     "FusionModule",
     "NonFiniteLoss",
     "TrainConfig",
@@ -30,5 +45,8 @@ __all__ = [
     "build_method",
     "evaluate",
     "load_cifar",
+    "load_imagefolder",
+    "load_imagenet",
     "make_shapes",
+    "split_loader",
 ]

@@ -136,3 +136,16 @@ def test_split_loader_keeps_in_memory_datasets_on_the_device_loader():
     assert isinstance(train, DeviceLoader) and train.drop_last and train.augment is not None
     test = split_loader(shapes, "test", 8, "cpu")
     assert not test.drop_last and test.augment is None and test.num_samples == 20
+
+
+def test_ffl_trains_imagenet_resnets_on_the_imagenet_archives(imagenet_root):
+    from ffl import FFL, TrainConfig, Trainer, evaluate
+
+    data = load_imagenet(imagenet_root, val_fraction=1 / 3, seed=0)
+    files = FileSettings(image_size=64, resize=72, workers=0)
+    method = FFL(["resnet18", "resnet18"], num_classes=data.num_classes)  # branches share conv1..layer3
+    train = split_loader(data, "train", 4, "cpu", train=True, files=files)
+    history = Trainer(method, train, TrainConfig(epochs=1)).fit()
+    assert np.isfinite(history[-1]["train/loss/total"])
+    errors = evaluate(method, split_loader(data, "test", 4, "cpu", files=files))
+    assert set(errors) == {"sub0", "sub1", "ensemble", "fused"}
