@@ -42,38 +42,52 @@ class ArrayDataset:
         return len(self.classes)
 
     def save(self, directory: str | Path) -> None:
-        """Writes ``arrays.npz`` and ``meta.json``, each through a temporary file and a rename."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for split, data in self.splits.items():
             arrays[f"{split}_images"] = data.images
             arrays[f"{split}_labels"] = data.labels
-        tmp = directory / "arrays.npz.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, directory / "arrays.npz")
-        meta = {
-            "format": "arrays",
-            "name": self.name,
-            "classes": self.classes,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "sizes": {k: len(v) for k, v in self.splits.items()},
-        }
-        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+        save_prepared(directory, "arrays.npz", arrays, prepared_meta(self, "arrays"))
 
     @classmethod
     def load(cls, directory: str | Path) -> ArrayDataset:
-        directory = Path(directory)
-        if not (directory / "meta.json").exists() or not (directory / "arrays.npz").exists():
+        if not (Path(directory) / "meta.json").exists() or not (Path(directory) / "arrays.npz").exists():
             raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
-        meta = json.loads((directory / "meta.json").read_text())
-        with np.load(directory / "arrays.npz") as z:
-            splits = {
-                s: Split(z[f"{s}_images"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z
-            }
-        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), splits)
+        meta, splits = load_prepared(directory, "arrays.npz", "images")
+        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), {
+            s: Split(images, labels) for s, (images, labels) in splits.items()
+        })  # fmt: skip
+
+
+def prepared_meta(dataset, form: str) -> dict:
+    """What ``meta.json`` says of a prepared dataset; ``format`` tells the loader which it is."""
+    return {
+        "format": form,
+        "name": dataset.name,
+        "classes": dataset.classes,
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "sizes": {k: len(v) for k, v in dataset.splits.items()},
+    }
+
+
+def save_prepared(directory: str | Path, filename: str, arrays: dict, meta: dict, compress: bool = False) -> None:
+    """Writes the npz ``filename`` then ``meta.json`` (the commit point), each through a rename."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f"{filename}.tmp"
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+    os.replace(tmp, directory / filename)
+    atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+
+
+def load_prepared(directory: str | Path, filename: str, field: str) -> tuple[dict, dict]:
+    """``(meta, {split: (<split>_<field>, <split>_labels as int64)})``."""
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    with np.load(directory / filename) as z:
+        splits = {s: (z[f"{s}_{field}"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z}
+    return meta, splits
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -21,8 +21,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from ffl.data.files import FileSplit
-
-_MIX = 1_000_003  # (seed, epoch) -> generator seed, as in DeviceLoader
+from ffl.data.loader import Batches
 
 
 class _Images(torch.utils.data.Dataset):
@@ -51,7 +50,7 @@ class _Images(torch.utils.data.Dataset):
         return x, int(self.labels[i])
 
 
-class FileLoader:
+class FileLoader(Batches):
     def __init__(
         self,
         split: FileSplit,
@@ -70,40 +69,19 @@ class FileLoader:
         channels_last: bool = False,
         workers: int = 8,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last)
         if resize < image_size:
             raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
-        self.device = torch.device(device)
         if train:
             steps = [transforms.RandomResizedCrop(image_size)]
             steps += [transforms.RandomHorizontalFlip()] if flip else []
         else:
             steps = [transforms.Resize(resize), transforms.CenterCrop(image_size)]
         self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]))
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
-        self.channels_last = channels_last
         self.workers = workers
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        key = self.seed * _MIX + self.epoch
+        key = self.epoch_key
         self.dataset.base = key * len(self.dataset)
         # Workers are started per epoch (not persistent) so that each one holds this epoch's base.
         batches = torch.utils.data.DataLoader(
@@ -118,7 +96,7 @@ class FileLoader:
         for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            x = (x.float() - self.mean) / self.std
+            x = self.normalise(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

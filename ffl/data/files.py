@@ -10,15 +10,13 @@ Either way a validation split is held out of ``train`` for model selection and t
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ffl.checkpoint import atomic_write_text
-from ffl.data.arrays import SPLITS, stratified_split
+from ffl.data.arrays import load_prepared, prepared_meta, save_prepared, stratified_split
 from ffl.data.cifar import DatasetNotFound
 
 # torchvision's ImageNet weights normalise with these; they serve any natural-image folder too.
@@ -54,37 +52,18 @@ class FileDataset:
         return len(self.classes)
 
     def save(self, directory: str | Path) -> None:
-        """Writes ``files.npz`` then ``meta.json`` (the commit point), each through a rename."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for split, data in self.splits.items():
             arrays[f"{split}_paths"] = data.paths.astype(str)  # fixed-width unicode: no pickle on load
             arrays[f"{split}_labels"] = data.labels
-        tmp = directory / "files.npz.tmp"
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, directory / "files.npz")
-        meta = {
-            "format": "files",
-            "name": self.name,
-            "root": self.root,
-            "classes": self.classes,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "sizes": {k: len(v) for k, v in self.splits.items()},
-        }
-        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+        save_prepared(directory, "files.npz", arrays, prepared_meta(self, "files") | {"root": self.root}, compress=True)
 
     @classmethod
     def load(cls, directory: str | Path) -> FileDataset:
-        directory = Path(directory)
-        meta = json.loads((directory / "meta.json").read_text())
-        with np.load(directory / "files.npz") as z:
-            splits = {
-                s: FileSplit(z[f"{s}_paths"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z
-            }
-        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta["root"], splits)
+        meta, splits = load_prepared(directory, "files.npz", "paths")
+        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta["root"], {
+            s: FileSplit(paths, labels) for s, (paths, labels) in splits.items()
+        })  # fmt: skip
 
 
 def _index(folder, root: Path) -> FileSplit:

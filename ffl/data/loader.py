@@ -25,7 +25,44 @@ class Augment:
     flip: bool = True
 
 
-class DeviceLoader:
+class Batches:
+    """What the engine, the step graph and evaluation read of a loader, whichever feeds it."""
+
+    def __init__(self, size, batch_size, mean, std, device, shuffle, drop_last, seed, channels_last):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.size = size
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self.size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def epoch_key(self) -> int:
+        """The seed of this epoch's draws: (seed, epoch) alone, so an epoch reproduces on its own."""
+        return self.seed * 1_000_003 + self.epoch
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 batch on the device -> float, per-channel normalised."""
+        return (x.float() - self.mean) / self.std
+
+
+class DeviceLoader(Batches):
     def __init__(
         self,
         split: Split,
@@ -39,35 +76,14 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
+        super().__init__(len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last)
         self.images = torch.from_numpy(split.images).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.augment = augment
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
-        self.channels_last = channels_last
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else len(self.labels)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _plan(self):
         n = len(self.labels)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.epoch_key)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         offsets = flips = None
         if self.augment is not None:
@@ -91,7 +107,7 @@ class DeviceLoader:
         order, offsets, flips = self._plan()
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = (self.images[idx].float() - self.mean) / self.std
+            x = self.normalise(self.images[idx])
             if self.augment is not None:
                 if self.augment.pad:
                     x = self._crop(x, offsets[idx])
