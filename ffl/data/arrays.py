@@ -79,6 +79,9 @@ def save_prepared(directory: str | Path, filename: str, arrays: dict, meta: dict
         (np.savez_compressed if compress else np.savez)(f, **arrays)
     os.replace(tmp, directory / filename)
     atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+    for stale in directory.glob("*.npz"):  # a dataset of the other form prepared here before
+        if stale.name != filename:
+            stale.unlink()
 
 
 def load_prepared(directory: str | Path, filename: str, field: str) -> tuple[dict, dict]:
