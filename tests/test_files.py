@@ -93,8 +93,8 @@ def batches(loader, epoch):
 
 def train_loader(data, workers, seed=0):
     return FileLoader(
-        data.splits["train"], data.root, 4, data.mean, data.std, train=True, image_size=24, resize=28,
-        shuffle=True, drop_last=True, seed=seed, workers=workers, channels_last=True,
+        data.splits["train"], data.root, 4, data.mean, data.std, train=True, shuffle=True, drop_last=True,
+        seed=seed, channels_last=True, files=FileSettings(image_size=24, resize=28, workers=workers),
     )  # fmt: skip
 
 
@@ -149,3 +149,8 @@ def test_ffl_trains_imagenet_resnets_on_the_imagenet_archives(imagenet_root):
     assert np.isfinite(history[-1]["train/loss/total"])
     errors = evaluate(method, split_loader(data, "test", 4, "cpu", files=files))
     assert set(errors) == {"sub0", "sub1", "ensemble", "fused"}
+
+
+def test_file_settings_refuse_a_resize_smaller_than_the_crop():
+    with pytest.raises(ValueError, match=r"resize \(200\) must be at least image_size \(224\)"):
+        FileSettings(image_size=224, resize=200)

@@ -1,9 +1,9 @@
 from ffl.data.arrays import ArrayDataset, Split
 from ffl.data.cifar import DatasetNotFound, load_cifar
-from ffl.data.file_loader import FileLoader
+from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileDataset, FileSplit, load_imagefolder, load_imagenet
 from ffl.data.loader import Augment, DeviceLoader
-from ffl.data.prepared import Dataset, FileSettings, load_dataset, split_loader
+from ffl.data.prepared import Dataset, load_dataset, split_loader
 from ffl.data.synthetic import make_shapes
 
 __all__ = [

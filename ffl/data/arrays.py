@@ -46,13 +46,11 @@ class ArrayDataset:
         for split, data in self.splits.items():
             arrays[f"{split}_images"] = data.images
             arrays[f"{split}_labels"] = data.labels
-        save_prepared(directory, "arrays.npz", arrays, prepared_meta(self, "arrays"))
+        write_prepared(directory, "arrays.npz", arrays, prepared_meta(self, "arrays"))
 
     @classmethod
     def load(cls, directory: str | Path) -> ArrayDataset:
-        if not (Path(directory) / "meta.json").exists() or not (Path(directory) / "arrays.npz").exists():
-            raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
-        meta, splits = load_prepared(directory, "arrays.npz", "images")
+        meta, splits = read_prepared(directory, "arrays.npz", "images")
         return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), {
             s: Split(images, labels) for s, (images, labels) in splits.items()
         })  # fmt: skip
@@ -70,7 +68,7 @@ def prepared_meta(dataset, form: str) -> dict:
     }
 
 
-def save_prepared(directory: str | Path, filename: str, arrays: dict, meta: dict, compress: bool = False) -> None:
+def write_prepared(directory: str | Path, filename: str, arrays: dict, meta: dict, compress: bool = False) -> None:
     """Writes the npz ``filename`` then ``meta.json`` (the commit point), each through a rename."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -84,9 +82,11 @@ def save_prepared(directory: str | Path, filename: str, arrays: dict, meta: dict
             stale.unlink()
 
 
-def load_prepared(directory: str | Path, filename: str, field: str) -> tuple[dict, dict]:
+def read_prepared(directory: str | Path, filename: str, field: str) -> tuple[dict, dict]:
     """``(meta, {split: (<split>_<field>, <split>_labels as int64)})``."""
     directory = Path(directory)
+    if not (directory / "meta.json").exists() or not (directory / filename).exists():
+        raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
     meta = json.loads((directory / "meta.json").read_text())
     with np.load(directory / filename) as z:
         splits = {s: (z[f"{s}_{field}"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z}

@@ -14,6 +14,7 @@ the same images as one that never stopped.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,19 @@ from torchvision.datasets.folder import default_loader
 
 from ffl.data.files import FileSplit
 from ffl.data.loader import Batches
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """How image files become batches."""
+
+    image_size: int = 224  # training: random-resized crop to this; evaluation: centre crop
+    resize: int = 256  # evaluation: the shorter side is resized to this before the crop
+    workers: int = 8  # DataLoader worker processes
+
+    def __post_init__(self):
+        if self.resize < self.image_size:
+            raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size})")
 
 
 class _Images(torch.utils.data.Dataset):
@@ -60,25 +74,21 @@ class FileLoader(Batches):
         std,
         device: torch.device | str = "cpu",
         train: bool = False,
-        image_size: int = 224,
-        resize: int = 256,
         flip: bool = True,
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
         channels_last: bool = False,
-        workers: int = 8,
+        files: FileSettings = FileSettings(),
     ):
         super().__init__(len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last)
-        if resize < image_size:
-            raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
         if train:
-            steps = [transforms.RandomResizedCrop(image_size)]
+            steps = [transforms.RandomResizedCrop(files.image_size)]
             steps += [transforms.RandomHorizontalFlip()] if flip else []
         else:
-            steps = [transforms.Resize(resize), transforms.CenterCrop(image_size)]
+            steps = [transforms.Resize(files.resize), transforms.CenterCrop(files.image_size)]
         self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]))
-        self.workers = workers
+        self.workers = files.workers
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         key = self.epoch_key

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffl.data.arrays import load_prepared, prepared_meta, save_prepared, stratified_split
+from ffl.data.arrays import prepared_meta, read_prepared, stratified_split, write_prepared
 from ffl.data.cifar import DatasetNotFound
 
 # torchvision's ImageNet weights normalise with these; they serve any natural-image folder too.
@@ -56,11 +56,13 @@ class FileDataset:
         for split, data in self.splits.items():
             arrays[f"{split}_paths"] = data.paths.astype(str)  # fixed-width unicode: no pickle on load
             arrays[f"{split}_labels"] = data.labels
-        save_prepared(directory, "files.npz", arrays, prepared_meta(self, "files") | {"root": self.root}, compress=True)
+        write_prepared(
+            directory, "files.npz", arrays, prepared_meta(self, "files") | {"root": self.root}, compress=True
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> FileDataset:
-        meta, splits = load_prepared(directory, "files.npz", "paths")
+        meta, splits = read_prepared(directory, "files.npz", "paths")
         return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta["root"], {
             s: FileSplit(paths, labels) for s, (paths, labels) in splits.items()
         })  # fmt: skip

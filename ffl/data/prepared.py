@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ffl.data.arrays import ArrayDataset
-from ffl.data.file_loader import FileLoader
+from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileDataset
 from ffl.data.loader import Augment, DeviceLoader
 
 Dataset = ArrayDataset | FileDataset
-
-
-@dataclass(frozen=True)
-class FileSettings:
-    """How image files become batches (``FileDataset`` only)."""
-
-    image_size: int = 224  # training: random-resized crop to this; evaluation: centre crop
-    resize: int = 256  # evaluation: the shorter side is resized to this before the crop
-    workers: int = 8  # DataLoader worker processes
 
 
 def load_dataset(directory: str | Path) -> Dataset:
@@ -60,14 +50,12 @@ def split_loader(
             data.std,
             device,
             train=train,
-            image_size=files.image_size,
-            resize=files.resize,
             flip=augment.flip,
             shuffle=train,
             drop_last=train,
             seed=seed,
             channels_last=channels_last,
-            workers=files.workers,
+            files=files,
         )
     return DeviceLoader(
         data.splits[split],
