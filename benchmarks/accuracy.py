@@ -30,7 +30,8 @@ def run(
 ) -> float:
     torch.manual_seed(seed)
     m, t = p["method"], p["train"]
-    method = FFL(p["model"]["archs"], data.num_classes, temperature=m["temperature"], rampup_epochs=m["rampup_epochs"])
+    f = m["ffl"]
+    method = FFL([p["model"]["arch"]] * 2, data.num_classes, settings=f)
     a = p["data"]["augment"]
     train = DeviceLoader(
         data.splits["train"],
@@ -49,7 +50,6 @@ def run(
         epochs=t["epochs"],
         lr=t["lr"],
         weight_decay=t["weight_decay"],
-        aux_weight_decay=t["fusion_weight_decay"],
         milestones=milestones,
         precision=precision,
         compile=compile,

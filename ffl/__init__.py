@@ -7,6 +7,7 @@ train = DeviceLoader(data.splits["train"], 128, data.mean, data.std, augment=Aug
 Trainer(method, train, TrainConfig(epochs=10, milestones=[5, 8])).fit()
 """
 
+from ffl.artifact import load_model, save_model
 from ffl.data import (
     ArrayDataset,
     Augment,
@@ -22,31 +23,38 @@ from ffl.data import (
 )
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.fusion import FusionModule
-from ffl.methods import DML, FFL, METHODS, ONE, DualNet, Vanilla, build_method
+from ffl.methods import METHODS, Method, build_method
 from ffl.metrics import evaluate
 
+
+def __getattr__(attr: str):
+    # Method classes by their Python name (ffl.FFL, ffl.DML, ...), from the registry: a new method
+    # file is importable from here without this file naming it.
+    from ffl import methods
+
+    return getattr(methods, attr)
+
+
 __all__ = [
-    "DML",
-    "FFL",
     "METHODS",
-    "ONE",
     "ArrayDataset",
     "Augment",
     "DeviceLoader",
-    "DualNet",
     "FileDataset",
     "FileLoader",
     "FileSettings",
     "FusionModule",
+    "Method",
     "NonFiniteLoss",
     "TrainConfig",
     "Trainer",
-    "Vanilla",
     "build_method",
     "evaluate",
     "load_cifar",
     "load_imagefolder",
     "load_imagenet",
+    "load_model",
     "make_shapes",
+    "save_model",
     "split_loader",
 ]

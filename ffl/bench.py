@@ -22,8 +22,10 @@ import torch
 
 from ffl.data import Augment, DeviceLoader, Split
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
-from ffl.engine import COMPILE_MODES_WITH_GRAPHS, TrainConfig, Trainer
+from ffl.engine import TrainConfig, Trainer
 from ffl.methods import FFL
+from ffl.precision import resolve_precision
+from ffl.step_mode import step_mode
 
 
 @dataclass
@@ -135,8 +137,9 @@ def project(
     torch.manual_seed(0)
     method = FFL(list(archs), num_classes)
     method.net.concurrent_branches = concurrent_branches
-    if cuda_graph is None:  # the default path: the whole step as one CUDA graph on GPUs
-        cuda_graph = device.type == "cuda" and compile not in COMPILE_MODES_WITH_GRAPHS
+    if cuda_graph is None:  # the default path, as ffl.step_mode decides it for training
+        mode = step_mode(FFL, method.settings, device.type, resolve_precision(precision, device), compile or "off")
+        cuda_graph = mode.cuda_graph
     config = TrainConfig(epochs=10, precision=precision, compile=compile, cuda_graph=cuda_graph)
     trainer = Trainer(method, loader, config)
     # Warm-up: one short epoch (compilation, cuDNN autotuning, allocator), timed for the compile cost.
@@ -259,7 +262,7 @@ def run(args) -> dict:
         if args.compile:
             # Compiled variants of the fp32-NCHW and bf16 settings: inside the whole-step graph
             # where the mode allows it, eager otherwise.
-            graphed = device.type == "cuda" and args.compile not in COMPILE_MODES_WITH_GRAPHS
+            graphed = step_mode(FFL, FFL.Settings(), device.type, "bf16", args.compile).cuda_graph
             settings += [
                 (f"{label}, compile {args.compile}", dict(kw, compile=args.compile))
                 for label, kw in settings

@@ -1,4 +1,5 @@
-"""The training loop. It knows methods only through their contract (forward, loss, param_groups).
+"""The training loop. It knows methods only through their contract (forward, loss, param_groups,
+and for methods with several updates per batch, train_step).
 
 Per epoch: one pass over the training loader, loss terms and accuracies summed on the device and
 read once at the end (no per-step host sync); a check that every term stayed finite; validation
@@ -18,6 +19,7 @@ from ffl.checkpoint import CheckpointError, atomic_save, config_difference, safe
 from ffl.metrics import evaluate, topk_correct
 from ffl.precision import autocast, resolve_precision
 from ffl.step_graph import StepGraph
+from ffl.step_mode import COMPILE_MODES_WITH_GRAPHS, StepModeError, step_mode
 
 CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "config")
 CHECKPOINT_FORMAT = "ffl-checkpoint-v1"
@@ -38,8 +40,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 1e-4
-    aux_weight_decay: float = 1e-5  # the fusion module's (and ONE's gate's) own weight decay
+    weight_decay: float = 1e-4  # auxiliary modules (fusion module, gate) take their method's own
     milestones: list[int] = field(default_factory=lambda: [150, 225])
     gamma: float = 0.1
     precision: str = "auto"
@@ -51,11 +52,6 @@ class TrainConfig:
     # and replay it: one launch per step. CUDA only; fp32/bf16; methods whose loss terms are the
     # same every step (all but DualNet). Combines with compile "default" (fused kernels inside).
     cuda_graph: bool = False
-
-
-# torch.compile modes that capture CUDA graphs of their own (over forward and backward): they
-# exclude the whole-step graph.
-COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 
 
 class EpochGroup:
@@ -78,6 +74,24 @@ class EpochSums:
         self.device = device
         self.groups: dict[tuple[str, ...], EpochGroup] = {}
         self.step = torch.zeros((), dtype=torch.long, device=device)
+
+    def save(self) -> dict:
+        return {
+            "step": self.step.clone(),
+            "groups": {k: (g.sums.clone(), g.first_bad.clone()) for k, g in self.groups.items()},
+        }
+
+    @torch.no_grad()
+    def restore(self, saved: dict) -> None:
+        """Back to ``save()``'s state, in place; groups created since start empty."""
+        self.step.copy_(saved["step"])
+        for names, g in self.groups.items():
+            if names in saved["groups"]:
+                g.sums.copy_(saved["groups"][names][0])
+                g.first_bad.copy_(saved["groups"][names][1])
+            else:
+                g.sums.zero_()
+                g.first_bad.fill_(-1)
 
     def reset(self) -> None:
         self.step.zero_()
@@ -124,19 +138,12 @@ class EpochSums:
         }
 
 
-def check_graphable(config: TrainConfig, method, device: torch.device, precision: str, loader) -> None:
-    if not method.static_step:
-        raise ValueError(f"cuda_graph: {method.name} decides each step in Python; a graph would freeze it")
-    n, b = getattr(loader, "num_samples", 0), getattr(loader, "batch_size", 1)
-    if n % b:
-        # Found out here rather than at the end of the first epoch.
-        raise ValueError(f"cuda_graph replays one batch shape: {n} samples leave a last batch of {n % b} (drop_last)")
-    if device.type != "cuda":
-        raise ValueError(f"cuda_graph captures CUDA work: the device is {device}")
-    if precision == "fp16":
-        raise ValueError("cuda_graph: fp16's loss scaler checks for overflow on the host every step; use bf16 or fp32")
-    if config.compile in COMPILE_MODES_WITH_GRAPHS:
-        raise ValueError(f"cuda_graph captures the step itself: compile {config.compile!r} brings its own graphs")
+def check_step(config: TrainConfig, method, device: torch.device, precision: str) -> None:
+    """The configured step mode is one ``step_mode`` accepts for this method, device and precision."""
+    try:
+        step_mode(type(method), method.settings, device.type, precision, config.compile or "off", config.cuda_graph)
+    except StepModeError as e:
+        raise ValueError(str(e)) from None
 
 
 def multistep_factor(milestones: list[int], gamma: float):
@@ -186,7 +193,7 @@ class Trainer:
             method.to(memory_format=torch.channels_last)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(
-            method.param_groups(config.weight_decay, config.aux_weight_decay),
+            method.param_groups(config.weight_decay),
             lr=config.lr,
             momentum=config.momentum,
             nesterov=config.nesterov,
@@ -196,8 +203,7 @@ class Trainer:
             self.optimizer, multistep_factor(config.milestones, config.gamma)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        if config.cuda_graph:
-            check_graphable(config, method, self.device, self.precision, train_loader)
+        check_step(config, method, self.device, self.precision)
         # Forward, loss and the step's statistics compile as one function: with CUDA graphs
         # (reduce-overhead) all of it replays as one launch; the epoch enters as a tensor.
         self.step_fn = torch.compile(self._forward_loss, mode=config.compile) if config.compile else self._forward_loss
@@ -205,7 +211,7 @@ class Trainer:
         self.sums = EpochSums(self.device)
         self.epoch_arg = torch.zeros((), device=self.device)
         self.step_graph = (
-            StepGraph(self._graph_step, method, self.optimizer, after_warmup=self.sums.reset)
+            StepGraph(self._graph_step, method, self.optimizer, self.sums.save, self.sums.restore)
             if config.cuda_graph
             else None
         )
@@ -267,12 +273,32 @@ class Trainer:
         correct = {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
         return total, terms, correct
 
-    def _step(self, x, y, epoch) -> EpochGroup:
-        """One optimisation step, its loss terms and accuracies added to the epoch's device-side sums."""
-        total, terms, correct = self.step_fn(x, y, epoch)
-        self.scaler.scale(total).backward()
+    # -- what an own-step method (several updates per batch) gets as ``ctx`` ------------------
+    def autocast(self):
+        return autocast(self.device, self.precision, cache=self.step_graph is None)
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, an optimiser step over the parameters that received gradients, gradients cleared."""
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _own_step(self, x, y, epoch):
+        outputs, terms = self.method.train_step(x, y, epoch, self)
+        total = torch.stack([v.detach() for v in terms.values()]).sum()
+        correct = {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
+        return total, terms, correct
+
+    def _step(self, x, y, epoch) -> EpochGroup:
+        """One optimisation step, its loss terms and accuracies added to the epoch's device-side sums."""
+        if self.method.own_step:
+            total, terms, correct = self._own_step(x, y, epoch)
+        else:
+            total, terms, correct = self.step_fn(x, y, epoch)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/acc/{k}" for k in correct))
         # Loss terms are batch means, weighted by the batch size here; accuracies are counts.
         losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])
@@ -285,7 +311,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         method, loader = self.method, self.train_loader
         method.train()
-        method.set_epoch(epoch)
+        method.set_epoch(epoch, self.config.epochs)
         loader.set_epoch(epoch)
         self.sums.reset()
         # The epoch reaches the loss as a device tensor on every path: compiled and captured steps

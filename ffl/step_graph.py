@@ -12,7 +12,9 @@ What capture needs, and how it is kept exact:
   batch-norm statistics and momentum, so every tensor of the model and optimiser is snapshotted
   before and copied back (in place: the graph reads fixed addresses) after. A momentum buffer that
   did not exist is zeroed, which is the same first update for SGD without dampening.
-- Inputs are copied into static buffers; the epoch is a 0-d tensor the step reads.
+- Inputs are copied into static buffers; the epoch is a 0-d tensor the step reads. A batch of
+  another shape (the last, smaller batch of an epoch under the paper's protocol) gets a graph of
+  its own, warmed up and captured the first time it comes (the epoch's sums are kept across it).
 - The learning rate is a constant of the captured optimiser kernels: the graph is captured again
   when the scheduler changes it (twice in the paper's schedule), reusing the warm state.
 """
@@ -24,26 +26,33 @@ from collections.abc import Callable
 import torch
 
 
+class _Captured:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.static_x, self.static_y = x.clone(), y.clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.key = None
+        self.result = None
+
+
 class StepGraph:
     def __init__(
         self,
         step: Callable,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        after_warmup: Callable[[], None] = lambda: None,
+        save_extra: Callable[[], object] = lambda: None,
+        restore_extra: Callable[[object], None] = lambda state: None,
         warmup_steps: int = 3,
     ):
         """``step(x, y)`` runs one training step on the given tensors, gradients starting at None;
-        ``after_warmup`` resets whatever else the warm-up steps touched (the epoch's metric sums)."""
+        ``save_extra()`` / ``restore_extra(state)`` keep whatever else a step changes (the epoch's
+        metric sums) as it was before the warm-up steps."""
         self.step = step
-        self.after_warmup = after_warmup
+        self.save_extra, self.restore_extra = save_extra, restore_extra
         self.model = model
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.key = None
-        self.static_x = self.static_y = None
-        self.result = None
+        self.captured: dict[tuple, _Captured] = {}
 
     def _lrs(self) -> tuple:
         return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
@@ -55,7 +64,7 @@ class StepGraph:
             for p, s in self.optimizer.state.items()
             if s.get("momentum_buffer") is not None
         }
-        return {"model": model, "momentum": momentum}
+        return {"model": model, "momentum": momentum, "extra": self.save_extra()}
 
     @torch.no_grad()
     def _restore(self, snap: dict) -> None:
@@ -66,8 +75,9 @@ class StepGraph:
             buf = s.get("momentum_buffer")
             if buf is not None:
                 buf.copy_(snap["momentum"][p]) if p in snap["momentum"] else buf.zero_()
+        self.restore_extra(snap["extra"])
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, c: _Captured) -> None:
         for group in self.optimizer.param_groups:
             if group.get("dampening", 0) != 0:
                 raise ValueError("a captured SGD step needs dampening 0 (its first momentum update is replayed)")
@@ -77,33 +87,29 @@ class StepGraph:
         with torch.cuda.stream(side):
             for _ in range(self.warmup_steps):
                 self.optimizer.zero_grad(set_to_none=True)
-                self.step(self.static_x, self.static_y)
+                self.step(c.static_x, c.static_y)
         torch.cuda.current_stream().wait_stream(side)
         self._restore(snap)
-        self.after_warmup()
 
-    def _capture(self) -> None:
-        if self.graph is not None:
-            self.graph.reset()  # frees the old graph's memory pool before the new capture
+    def _capture(self, c: _Captured) -> None:
+        if c.graph is not None:
+            c.graph.reset()  # frees the old graph's memory before the new capture
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.result = self.step(self.static_x, self.static_y)
-        self.key = self._lrs()
+        c.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(c.graph):
+            c.result = self.step(c.static_x, c.static_y)
+        c.key = self._lrs()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         """Copies the batch in and replays; returns what ``step`` returned when it was captured."""
-        if self.static_x is None:
-            self.static_x, self.static_y = x.clone(), y.clone()
-            self._warm_up()
-        if self.static_x.shape != x.shape or self.static_x.stride() != x.stride():
-            raise ValueError(
-                f"a captured step takes batches of one shape, got {tuple(x.shape)} after "
-                f"{tuple(self.static_x.shape)} (train with drop_last)"
-            )
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
-        if self.graph is None or self.key != self._lrs():
-            self._capture()
-        self.graph.replay()
-        return self.result
+        shape = (tuple(x.shape), x.stride(), tuple(y.shape))
+        c = self.captured.get(shape)
+        if c is None:
+            c = self.captured[shape] = _Captured(x, y)
+            self._warm_up(c)
+        c.static_x.copy_(x)
+        c.static_y.copy_(y)
+        if c.graph is None or c.key != self._lrs():
+            self._capture(c)
+        c.graph.replay()
+        return c.result

@@ -123,6 +123,23 @@ def tune(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command()
+@stage
+def methods(
+    write: Annotated[Path | None, typer.Option(help="write the Markdown page here (docs/methods.md)")] = None,
+):
+    """Every method, its settings (defaults, bounds, sources) and known differences from its original."""
+    from ffl.checkpoint import atomic_write_text
+    from pipeline.methods_doc import render
+
+    text = render()
+    if write is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(write, text)
+        typer.echo(f"wrote {write}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context):
     """Training-step throughput against the authors' recipe (`ffl bench --help` for its options)."""

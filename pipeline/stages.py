@@ -25,10 +25,11 @@ from ffl.data import (
     make_shapes,
     split_loader,
 )
-from ffl.engine import COMPILE_MODES_WITH_GRAPHS, NonFiniteLoss, TrainConfig, Trainer
-from ffl.methods import METHODS, build_method
+from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
+from ffl.methods import build_method
 from ffl.metrics import evaluate as evaluate_method
 from ffl.precision import resolve_precision
+from ffl.step_mode import StepMode, StepModeError, step_mode
 from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback, progress_bar
 from pipeline.errors import UserError
@@ -69,13 +70,13 @@ def prepare(params: Params, out: Path = paths.PREPARED) -> Dataset:
     try:
         if d.source == "shapes":
             s = d.shapes
-            data = make_shapes(s.train_per_class, s.test_per_class, d.val_fraction, s.noise, d.seed)
+            data = make_shapes(s.train_per_class, s.test_per_class, d.split_fraction(), s.noise, d.seed)
         elif d.source == "imagenet":
-            data = load_imagenet(d.root, d.val_fraction, d.seed)
+            data = load_imagenet(d.root, d.split_fraction(), d.seed)
         elif d.source == "imagefolder":
-            data = load_imagefolder(d.root, d.val_fraction, d.seed)
+            data = load_imagefolder(d.root, d.split_fraction(), d.seed)
         else:
-            data = load_cifar(d.source, d.root, d.val_fraction, d.seed, download=d.download)
+            data = load_cifar(d.source, d.root, d.split_fraction(), d.seed, download=d.download)
     except DatasetNotFound as e:
         raise UserError(f"data.root: {e}") from None
     ensure_writable(out)
@@ -111,32 +112,26 @@ def run_config(params: Params) -> dict:
     # The captured step replays the eager one exactly: a run that fails to capture on some GPU
     # resumes with cuda_graph false (README, "When things go wrong").
     cfg["train"].pop("cuda_graph")
+    cfg["model"] = {"archs": params.archs(), "shared": params.shared()}
+    # The other methods' sections do not change this run.
+    cfg["method"] = {"name": params.method.name, "settings": cfg["method"][params.method.name]}
     return cfg
 
 
-def cuda_graph(params: Params, device: torch.device) -> bool:
-    """Whether the whole step is captured as one CUDA graph (train.cuda_graph, auto resolved)."""
+def run_step_mode(params: Params, device: torch.device) -> StepMode:
+    """ffl.step_mode for these params on this device (train.cuda_graph and train.compile, auto resolved)."""
     t = params.train
-    if t.cuda_graph is True:
-        if device.type != "cuda":
-            raise UserError(f"train.cuda_graph: true needs a CUDA device, this run is on {device} (set it to auto)")
-        return True
-    return (
-        t.cuda_graph == "auto"
-        and device.type == "cuda"
-        and METHODS[params.method.name].static_step
-        and resolve_precision(t.precision, device) != "fp16"
-        and t.compile not in COMPILE_MODES_WITH_GRAPHS
-    )
-
-
-def compile_mode(params: Params, device: torch.device) -> str | None:
-    mode = params.train.compile
-    if mode == "auto":
-        static = METHODS[params.method.name].static_step
-        eager = device.type != "cuda" or not static or cuda_graph(params, device)
-        return None if eager else "reduce-overhead"
-    return None if mode == "off" else mode
+    try:
+        return step_mode(
+            params.method_class,
+            params.settings(),
+            device.type,
+            resolve_precision(t.precision, device),
+            t.compile,
+            t.cuda_graph,
+        )
+    except StepModeError as e:
+        raise UserError(f"train.{e.key}: {e.reason}") from None
 
 
 def loader(params: Params, data: Dataset, split: str, device: torch.device, train: bool = False):
@@ -148,6 +143,7 @@ def loader(params: Params, data: Dataset, split: str, device: torch.device, trai
         params.train.batch_size if train else params.evaluate.batch_size,
         device,
         train=train,
+        keep_last=params.data.protocol == "paper",
         seed=params.seed,
         channels_last=params.train.channels_last,
         augment=Augment(a.pad, a.pad_mode, a.flip),
@@ -163,6 +159,7 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
         raise UserError(
             f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})"
         )
+    mode = run_step_mode(params, device)
     train_loader = loader(params, data, "train", device, train=True)
     val = data.splits.get("val")
     val_loader = loader(params, data, "val", device) if val is not None and len(val) else None
@@ -172,12 +169,11 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
         momentum=t.momentum,
         nesterov=t.nesterov,
         weight_decay=t.weight_decay,
-        aux_weight_decay=t.fusion_weight_decay,
         milestones=t.milestone_epochs(),
         gamma=t.gamma,
         precision=t.precision,
-        compile=compile_mode(params, device),
-        cuda_graph=cuda_graph(params, device),
+        compile=mode.compile,
+        cuda_graph=mode.cuda_graph,
     )
     return Trainer(method, train_loader, config, val_loader, list(callbacks), checkpoint, run_config(params))
 
@@ -245,6 +241,8 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
         method.to(memory_format=torch.channels_last)
     precision = resolve_precision(params.train.precision, device)
     result = summarise(evaluate_method(method, test, precision, progress=progress_bar("evaluating")))
+    # Which protocol the numbers come from, visible next to them (dvc metrics show).
+    result["data"] = {"train_images": len(data.splits["train"]), "protocol_paper": int(params.data.protocol == "paper")}
     ensure_writable(out.parent)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

@@ -12,10 +12,10 @@ def tiny_params(**sections) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["shapes"] = {"train_per_class": 16, "test_per_class": 6, "noise": 0.1}
     raw["data"]["val_fraction"] = 0.25
-    raw["model"]["archs"] = ["resnet8", "resnet8"]
+    raw["model"]["arch"] = "resnet8"
     raw["train"].update(epochs=2, batch_size=32, device="cpu")
     raw["evaluate"]["batch_size"] = 50
-    raw["method"]["rampup_epochs"] = 1
+    raw["method"]["ffl"]["rampup_epochs"] = 1
     for key, value in sections.items():
         raw[key] = copy.deepcopy(value) if not isinstance(value, dict) else {**raw.get(key, {}), **value}
     return raw

@@ -59,14 +59,14 @@ def test_malformed_yaml(workdir):
     assert_refused(["train"], 2, "params.yaml: malformed YAML at line 3", workdir)
 
 
-@pytest.mark.parametrize("key", ["colour=1", "train.colour=1", "method.ekd.colour=1", "data.shapes.colour=1"])
+@pytest.mark.parametrize("key", ["colour=1", "train.colour=1", "method.ffl.ekd.colour=1", "data.shapes.colour=1"])
 def test_unknown_keys_at_every_level(workdir, key):
     assert_refused(["train", "-S", key], 2, f"error: {key.split('=')[0]}: unknown key", workdir)
 
 
 @pytest.mark.parametrize(
     "override",
-    ["method.temperature=-1", "train.lr=-0.1", "train.epochs=0", "data.val_fraction=1.2", "train.batch_size=two"],
+    ["method.ffl.temperature=-1", "train.lr=-0.1", "train.epochs=0", "data.val_fraction=1.2", "train.batch_size=two"],
 )
 def test_out_of_range_and_wrong_types(workdir, override):
     assert_refused(["train", "-S", override], 2, f"error: {override.split('=')[0]}:", workdir)

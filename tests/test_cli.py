@@ -40,6 +40,8 @@ def test_prepare_train_evaluate(workdir):
     result = ffl("evaluate")
     assert result.exit_code == 0, result.output
     metrics = json.loads((workdir / "metrics/test.json").read_text())
+    data = metrics.pop("data")
+    assert data == {"train_images": 120, "protocol_paper": 0}  # 160 shapes less the 25% validation split
     assert set(metrics) == {"sub0", "sub1", "ensemble", "fused", "sub_mean"}
     assert all(0 <= m["top1_err"] <= 100 and m["top5_err"] <= m["top1_err"] for m in metrics.values())
     live = json.loads((workdir / "dvclive/metrics.json").read_text())
@@ -65,14 +67,17 @@ def test_set_overrides_apply_to_the_run(workdir):
 def test_other_params_file(workdir):
     other = workdir / "other"
     other.mkdir()
-    write_params(other, tiny_params(seed=7))
-    assert ffl("prepare", "--params", str(other / "params.yaml")).exit_code == 0
+    raw = tiny_params()
+    raw["data"]["shapes"]["train_per_class"] = 12  # 120 images, 90 after the validation split
+    write_params(other, raw)
+    result = ffl("prepare", "--params", str(other / "params.yaml"))
+    assert result.exit_code == 0 and "train 90," in result.output  # the default file would give 120
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "-S", "method.temperature=-3"], "error: method.temperature: Input should be greater than 0"),
+        (["train", "-S", "method.ffl.temperature=-3"], "error: method.ffl.temperature: Input should be greater than 0"),
         (["train", "-S", "model.archs=[resnet8, nope]"], "error: model.archs.1: unknown architecture 'nope'"),
         (["train", "-S", "train.lrr=1"], "error: train.lrr: unknown key"),
         (["evaluate", "-S", "train.epochs=1.5"], "error: train.epochs: Input should be a valid integer"),

@@ -39,7 +39,7 @@ def repo(tmp_path_factory):
         "epochs": 1,
         "sampler": "random",
         "scheduler": {"name": "fifo"},
-        "space": {"method": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}},
+        "space": {"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
     }
     write_params(d, raw)
     (d / ".gitignore").write_text("__pycache__/\n/tune/ray/\n")

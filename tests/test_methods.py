@@ -1,5 +1,7 @@
 """The method pinned down: loss terms, where gradients go, heterogeneous and N = 3 fusion, ablations."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,9 @@ def has_grad(module):
 
 
 def test_ffl_loss_terms_equal_the_hand_computed_recipe():
-    method = FFL([TINY, TINY], num_classes=3, temperature=2.0, rampup_epochs=10, ekd_weight=0.5, fkd_weight=2.0)
+    method = FFL(
+        [TINY, TINY], num_classes=3, temperature=2.0, rampup_epochs=10, ekd={"weight": 0.5}, fkd={"weight": 2.0}
+    )
     sub0 = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     sub1 = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
     fused = torch.tensor([[1.0, 1.0, -1.0], [0.5, 0.0, 1.0]])
@@ -81,7 +85,7 @@ def test_heterogeneous_subnetworks_fuse(images, targets):
 
 
 def test_three_subnetworks(images, targets):
-    method = FFL([TINY] * 3, num_classes=4, fusion_width=32)
+    method = FFL([TINY] * 3, num_classes=4, fusion={"width": 32})
     out = method(images)
     assert set(out) == {"sub0", "sub1", "sub2", "ensemble", "fused"}
     assert method.fusion.in_channels == [64, 64, 64] and method.fusion.width == 32
@@ -91,7 +95,11 @@ def test_three_subnetworks(images, targets):
 
 @pytest.mark.parametrize(
     ("switch", "removed"),
-    [({"ekd": False}, {"ekd"}), ({"fkd": False}, {"fkd_sub0", "fkd_sub1"}), ({"fusion": False, "ekd": False}, {"ekd"})],
+    [
+        ({"ekd": {"enabled": False}}, {"ekd"}),
+        ({"fkd": {"enabled": False}}, {"fkd_sub0", "fkd_sub1"}),
+        ({"fusion": {"enabled": False}, "ekd": {"enabled": False}}, {"ekd"}),
+    ],
 )
 def test_each_ablation_switch_removes_exactly_its_term(switch, removed, images, targets):
     full = set(FFL([TINY, TINY], num_classes=4).loss(FFL([TINY, TINY], num_classes=4)(images), targets, 0))
@@ -101,12 +109,12 @@ def test_each_ablation_switch_removes_exactly_its_term(switch, removed, images, 
 
 
 def test_without_fusion_module_the_fused_output_is_the_plain_ensemble(images):
-    method = FFL([TINY, TINY], num_classes=4, fusion=False, ekd=False)
+    method = FFL([TINY, TINY], num_classes=4, fusion={"enabled": False}, ekd={"enabled": False})
     out = method(images)
     assert method.fusion is None
     assert torch.equal(out["fused"], out["ensemble"])
     with pytest.raises(ValueError, match="EKD"):
-        FFL([TINY, TINY], num_classes=4, fusion=False)
+        FFL([TINY, TINY], num_classes=4, fusion={"enabled": False})
 
 
 def test_fusion_refuses_maps_of_different_spatial_sizes():
@@ -127,7 +135,7 @@ def test_fusion_module_is_depthwise_then_pointwise():
 
 def test_fusion_module_gets_its_own_weight_decay():
     method = FFL([TINY, TINY], num_classes=4)
-    groups = method.param_groups(1e-4, 1e-5)
+    groups = method.param_groups(1e-4)
     assert [g["weight_decay"] for g in groups] == [1e-4, 1e-5]
     fusion_ids = {id(p) for p in method.fusion.parameters()}
     assert {id(p) for p in groups[1]["params"]} == fusion_ids
@@ -149,23 +157,74 @@ def test_baselines_follow_the_contract(images, targets):
     for method in (
         DML([TINY, "wrn10_1"], num_classes=4),
         ONE([TINY] * 3, num_classes=4),
-        DualNet([TINY, TINY], num_classes=4, epochs=10),
+        DualNet([TINY, TINY], num_classes=4),
         Vanilla([TINY], num_classes=4),
     ):
         out = method(images)
         assert all(z.shape == (4, 4) for z in out.values())
-        terms = method.loss(out, targets, epoch=1)
+        terms = method.loss(out, targets, epoch=1000)  # past every ramp-up
+        for name, value in terms.items():
+            assert value.item() > 0, f"{method.name}: {name} is zero"
         torch.stack(list(terms.values())).sum().backward()
         assert has_grad(method)
 
 
-def test_dml_kd_is_towards_the_other_peers():
-    method = DML([TINY, TINY, TINY], num_classes=3, temperature=1.0)
-    subs = [torch.randn(2, 3) for _ in range(3)]
+def test_dml_kd_is_towards_the_other_peers_at_temperature_one():
+    method = DML([TINY, TINY, TINY], num_classes=3)
+    assert method.settings.temperature == 1.0 and method.settings.rampup_epochs == 0
+    subs = [torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]]), torch.zeros(2, 3), torch.tensor([[0.0, 0.0, 3.0]] * 2)]
     out = {f"sub{i}": z for i, z in enumerate(subs)}
     terms = method.loss(out, torch.tensor([0, 1]), 0)
-    expected = (kd_loss(subs[0], subs[1], 1.0) + kd_loss(subs[0], subs[2], 1.0)) / 2
-    assert terms["kd_sub0"].item() == pytest.approx(expected.item())
+
+    def kl(p_logits, q_logits):  # KL(softmax(p) || softmax(q)), batch mean, by hand
+        p, q = p_logits.softmax(1), q_logits.softmax(1)
+        return (p * (p.log() - q.log())).sum(1).mean()
+
+    expected = (kl(subs[1], subs[0]) + kl(subs[2], subs[0])) / 2  # the peers are the targets of sub0
+    assert terms["kd_sub0"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["kd_sub0"].item() != pytest.approx(((kl(subs[0], subs[1]) + kl(subs[0], subs[2])) / 2).item())
+
+
+def test_dml_alternating_update_is_each_peer_in_turn_after_a_fresh_forward_pass(images, targets):
+    """Peer 0 steps on the old peer 1; peer 1 then steps on peer 0's new prediction (by hand)."""
+    import copy
+
+    from ffl.methods.base import frozen_bn_statistics
+
+    torch.manual_seed(0)
+    method = DML([TINY, TINY], num_classes=4)
+    manual = copy.deepcopy(method)
+    opt = torch.optim.SGD(method.param_groups(0.0), lr=0.5)
+
+    class Ctx:
+        autocast = staticmethod(contextlib.nullcontext)
+
+        @staticmethod
+        def update(loss):
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    method.train_step(images, targets, 0.0, Ctx)
+
+    nets = [torch.nn.Sequential(manual.net.branches[i], manual.net.heads[i]) for i in range(2)]
+    z0, z1 = nets[0](images), nets[1](images)
+    loss0 = torch.nn.functional.cross_entropy(z0, targets) + kd_loss(z0, z1, 1.0)
+    loss0.backward()
+    with torch.no_grad():
+        for p in nets[0].parameters():
+            p -= 0.5 * p.grad
+    with torch.no_grad(), frozen_bn_statistics(nets[0]):
+        z0_new = nets[0](images)
+    loss1 = torch.nn.functional.cross_entropy(z1, targets) + kd_loss(z1, z0_new, 1.0)
+    loss1.backward()
+    with torch.no_grad():
+        for p in nets[1].parameters():
+            p -= 0.5 * p.grad
+    for (k, v), w in zip(method.state_dict().items(), manual.state_dict().values()):
+        if not k.endswith("num_batches_tracked"):
+            assert torch.allclose(v, w, atol=1e-6), k
+    assert DML([TINY, TINY], 4, update="joint").own_step is False and method.own_step is True
 
 
 def test_one_gate_weighs_branches_into_the_ensemble(images):
@@ -176,20 +235,38 @@ def test_one_gate_weighs_branches_into_the_ensemble(images):
     assert torch.allclose(out["ensemble"], sum(w[:, i : i + 1] * out[f"sub{i}"] for i in range(3)), atol=1e-5)
 
 
-def test_dualnet_alternates_the_updated_subnetwork(images, targets):
-    method = DualNet([TINY, TINY], num_classes=4, epochs=10, finetune_fraction=0.2)
-    updated = []
-    for _ in range(2):
-        method.zero_grad()
-        out = method(images)
-        torch.stack(list(method.loss(out, targets, 0).values())).sum().backward()
-        updated.append([has_grad(b) for b in method.net.branches])
-    assert updated == [[True, False], [False, True]]
-    method.set_epoch(9)  # fine-tuning: only the fused classifier learns
+def _updated(method, images, targets):
     method.zero_grad()
     out = method(images)
-    torch.stack(list(method.loss(out, targets, 9).values())).sum().backward()
-    assert not any(has_grad(b) for b in method.net.branches) and has_grad(method.fused_head)
+    terms = method.loss(out, targets, 0)
+    torch.stack(list(terms.values())).sum().backward()
+    return [has_grad(b) for b in method.net.branches], has_grad(method.fused_head), terms, out
+
+
+def test_dualnet_weights_its_three_classifiers_per_phase(images, targets):
+    ce = torch.nn.functional.cross_entropy
+    method = DualNet([TINY, TINY], num_classes=4, finetune_fraction=0.2)
+    method.set_epoch(0, 10)
+    first, head, terms, out = _updated(method, images, targets)
+    assert first == [True, False] and head
+    assert set(terms) == {"ce_fused", "ce_sub0"}  # the active network's auxiliary CE, weighted 0.3
+    assert terms["ce_sub0"].item() == pytest.approx(0.3 * ce(out["sub0"], targets).item(), rel=1e-5)
+    assert torch.allclose(out["weighted"], out["fused"] + 0.3 * (out["sub0"] + out["sub1"]))
+    assert torch.allclose(out["average"], (out["sub0"] + out["sub1"] + out["fused"]) / 3)
+    assert _updated(method, images, targets)[0] == [False, True]  # the other network's turn
+    method.set_epoch(8, 10)  # joint fine-tuning: both networks and all three classifiers
+    both, head, terms, _ = _updated(method, images, targets)
+    assert both == [True, True] and head and set(terms) == {"ce_fused", "ce_sub0", "ce_sub1"}
+    only_head = DualNet([TINY, TINY], num_classes=4, finetune_fraction=0.2, finetune="fused_head")
+    only_head.set_epoch(8, 10)
+    nets, head, terms, _ = _updated(only_head, images, targets)
+    assert nets == [False, False] and head and set(terms) == {"ce_fused"}
+
+
+def test_dualnet_averages_the_two_feature_maps(images):
+    method = DualNet([TINY, TINY], num_classes=4).eval()
+    feats, _ = method.net(images)
+    assert torch.allclose(method(images)["fused"], method.fused_head((feats[0] + feats[1]) / 2))
 
 
 def test_spec_rebuilds_the_same_method(images):
@@ -230,12 +307,12 @@ def test_a_captured_step_is_refused_where_it_cannot_replay_exactly():
     from ffl.engine import TrainConfig, Trainer
 
     split = Split(np.zeros((5, 3, 32, 32), np.uint8), np.zeros(5, int))
-    with pytest.raises(ValueError, match="the device is cpu"):
+    with pytest.raises(ValueError, match="this run is on cpu"):
         Trainer(Vanilla([TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(cuda_graph=True))
     with pytest.raises(ValueError, match="dualnet decides each step in Python"):
         Trainer(DualNet([TINY, TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(cuda_graph=True))
-    with pytest.raises(ValueError, match="last batch of 1"):
-        Trainer(Vanilla([TINY], 3), DeviceLoader(split, 2, (0,) * 3, (1,) * 3), TrainConfig(cuda_graph=True))
+    with pytest.raises(ValueError, match="several times per batch"):
+        Trainer(DML([TINY, TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(compile="default"))
 
 
 def test_the_step_graph_warm_up_leaves_no_trace(images, targets):

@@ -9,20 +9,25 @@ def test_the_shipped_params_files_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert p.method.name == "ffl" and p.shared()
     full = load_params(ROOT / "configs/cifar100_resnet32.yaml")
-    assert full.data.source == "cifar100" and full.model.archs == ["resnet32", "resnet32"]
+    assert full.data.source == "cifar100" and full.archs() == ["resnet32", "resnet32"]
     assert full.train.epochs == 300 and full.train.milestone_epochs() == [150, 225]
-    assert full.train.fusion_weight_decay == 1e-5 and full.train.nesterov and full.method.temperature == 3
+    ffl = full.settings()
+    assert ffl.fusion.weight_decay == 1e-5 and full.train.nesterov and ffl.temperature == 3 and ffl.rampup_epochs == 80
 
 
 def test_exponent_floats_are_numbers_as_in_dvc():
-    p = validate(apply_overrides(tiny_params(), ["train.lr=1e-3", "train.weight_decay=5e-4", "method.temperature=4"]))
-    assert p.train.lr == 1e-3 and p.train.weight_decay == 5e-4 and p.method.temperature == 4.0
+    p = validate(
+        apply_overrides(tiny_params(), ["train.lr=1e-3", "train.weight_decay=5e-4", "method.ffl.temperature=4"])
+    )
+    assert p.train.lr == 1e-3 and p.train.weight_decay == 5e-4 and p.settings().temperature == 4.0
 
 
 def test_overrides_use_dvc_exp_run_syntax():
-    raw = apply_overrides(tiny_params(), ["train.lr=0.05", "model.archs=[resnet8, wrn10_2]", "fusion.width=null"])
+    raw = apply_overrides(
+        tiny_params(), ["train.lr=0.05", "model.archs=[resnet8, wrn10_2]", "method.ffl.fusion.width=8"]
+    )
     p = validate(raw)
-    assert p.train.lr == 0.05 and p.model.archs == ["resnet8", "wrn10_2"] and p.fusion.width is None
+    assert p.train.lr == 0.05 and p.archs() == ["resnet8", "wrn10_2"] and p.settings().fusion.width == 8
 
 
 @pytest.mark.parametrize(
@@ -30,24 +35,36 @@ def test_overrides_use_dvc_exp_run_syntax():
     [
         (["train.lrr=0.1"], "train.lrr", "unknown key"),
         (["bogus=1"], "bogus", "unknown key"),
-        (["method.ekd.wieght=1"], "method.ekd.wieght", "unknown key"),
+        (["method.ffl.ekd.wieght=1"], "method.ffl.ekd.wieght", "unknown key"),
+        (["method.temperature=2"], "method.temperature", "moved to method.ffl.temperature"),
+        (["method.name=dml", "method.temperature=2"], "method.temperature", "moved to method.dml.temperature"),
+        (["fusion.width=8"], "fusion", "moved to method.ffl.fusion"),
+        (["train.fusion_weight_decay=0"], "train.fusion_weight_decay", "moved to method.ffl.fusion.weight_decay"),
+        (["method.ffl.temperature=.inf"], "method.ffl.temperature", "finite"),
+        (["method.dml.update=sometimes"], "method.dml.update", "'alternating'"),
+        (["model.subnets=1"], "model.subnets", "at least 2"),
+        (["model.subnets=3", "model.archs=[resnet8, resnet8]"], "model.subnets", "does not match"),
+        (["method.name=dualnet", "model.subnets=3"], "model.subnets", "at most 2"),
+        (["train.milestones=[0.5, 0.5]"], "train.milestones", "increasing"),
         (["train.epochs=ten"], "train.epochs", "integer"),
         (["train.nesterov=maybe"], "train.nesterov", "boolean"),
-        (["method.temperature=-1"], "method.temperature", "greater than 0"),
+        (["method.ffl.temperature=-1"], "method.ffl.temperature", "greater than 0"),
         (["train.lr=0"], "train.lr", "greater than 0"),
         (["train.epochs=0"], "train.epochs", "greater than or equal to 1"),
         (["data.val_fraction=1.5"], "data.val_fraction", "less than 1"),
         (["train.milestones=[0.75, 0.5]"], "train.milestones", "increasing"),
         (["model.archs=[resnet8, resnet7]"], "model.archs.1", "unknown architecture 'resnet7'"),
         (["method.name=moe"], "method.name", "'ffl'"),
-        (["fusion.kernel_size=2"], "fusion.kernel_size", "odd"),
+        (["method.ffl.fusion.kernel_size=2"], "method.ffl.fusion.kernel_size", "odd"),
         (["model.archs=[resnet8, resnet18]", "model.shared=false"], "model.archs", "spatial sizes"),
         (["model.archs=[resnet8]"], "model.archs", "at least 2"),
         (["model.archs=[resnet8, wrn10_2]", "model.shared=true"], "model.shared", "one architecture"),
-        (["method.name=one", "model.shared=false"], "model.shared", "ONE"),
+        (["method.name=one", "model.shared=false"], "model.shared", "one's branches share"),
         (["method.name=dml", "model.shared=true"], "model.shared", "independent"),
-        (["fusion.enabled=false"], "method.ekd.enabled", "fusion"),
+        (["method.ffl.fusion.enabled=false"], "method.ffl.ekd.enabled", "fusion"),
         (["method.name=dualnet", "model.archs=[resnet8, wrn10_2]"], "model.archs", "channel counts"),
+        (["method.name=dml", "train.compile=default"], "train.compile", "several times per batch"),
+        (["train.device=cpu", "train.cuda_graph=true"], "train.cuda_graph", "needs a CUDA device"),
         (["train.momentum=0"], "train.nesterov", "momentum"),
         (["train.device=tpu"], "train.device", "expected auto"),
         (["method.name=dualnet", "train.cuda_graph=true"], "train.cuda_graph", "dualnet"),
@@ -83,10 +100,30 @@ def test_shared_auto_follows_the_method():
     assert validate(apply_overrides(tiny_params(), ["method.name=one"])).shared() is True
 
 
+def test_switching_the_method_switches_to_its_own_settings():
+    """DML at T = 1 without a ramp-up, ONE with its 3 branches: never FFL's settings."""
+    from ffl.methods import build_method
+
+    dml = build_method(method_spec(validate(apply_overrides(tiny_params(), ["method.name=dml"])), 10))
+    assert dml.settings.temperature == 1.0 and dml.settings.rampup_epochs == 0 and dml.settings.update == "alternating"
+    assert dml.num_subnets == 2 and not dml.net.shared
+    one = build_method(method_spec(validate(apply_overrides(tiny_params(), ["method.name=one"])), 10))
+    assert one.num_subnets == 3 and one.net.shared and one.settings.temperature == 3.0
+    assert one.param_groups(1e-4)[1]["weight_decay"] == 1e-4  # the gate: ONE's single parameter group
+    vanilla = validate(apply_overrides(tiny_params(), ["method.name=vanilla"]))
+    assert vanilla.archs() == ["resnet8"]
+
+
+def test_the_paper_protocol_trains_on_every_image_and_keeps_the_last_batch():
+    clean = validate(tiny_params())
+    paper = validate(apply_overrides(tiny_params(), ["data.protocol=paper"]))
+    assert clean.data.split_fraction() == 0.25 and paper.data.split_fraction() == 0.0
+
+
 def test_method_spec_carries_the_ablation_switches():
-    p = validate(apply_overrides(tiny_params(), ["fusion.enabled=false", "method.ekd.enabled=false"]))
-    spec = method_spec(p, 10)
-    assert spec["fusion"] is False and spec["ekd"] is False and spec["fkd"] is True
+    p = validate(apply_overrides(tiny_params(), ["method.ffl.fusion.enabled=false", "method.ffl.ekd.enabled=false"]))
+    s = method_spec(p, 10)["settings"]
+    assert s["fusion"]["enabled"] is False and s["ekd"]["enabled"] is False and s["fkd"]["enabled"] is True
 
 
 @pytest.mark.parametrize(
@@ -99,14 +136,24 @@ def test_method_spec_carries_the_ablation_switches():
         (["tune.space.train.lr=0.1"], "tune.space.train.lr", "expected a section or a dimension"),
         (["tune.space.method.colour={type: uniform, low: 0, high: 1}"], "tune.space.method.colour", "not a param"),
         (
-            ["tune.space.method.temperature={type: uniform, low: -1, high: 1}"],
-            "tune.space.method.temperature",
+            ["tune.space.method.ffl.temperature={type: uniform, low: -1, high: 1}"],
+            "tune.space.method.ffl.temperature",
             "-1.0 is refused",
         ),
         (
-            ["tune.space.fusion.kernel_size={type: choice, values: [2, 3]}"],
-            "tune.space.fusion.kernel_size",
+            ["tune.space.method.ffl.fusion.kernel_size={type: choice, values: [2, 3]}"],
+            "tune.space.method.ffl.fusion.kernel_size",
             "2 is refused",
+        ),
+        (
+            ["tune.space.method.temperature={type: uniform, low: 1, high: 2}"],
+            "tune.space.method.temperature",
+            "moved to tune.space.method.ffl.temperature",
+        ),
+        (
+            ["tune.space.method.dml.temperature={type: uniform, low: 1, high: 2}"],
+            "tune.space.method.dml.temperature",
+            "method.name is ffl",
         ),
         (["tune.scheduler.name=hyperopt"], "tune.scheduler.name", "'asha'"),
         (["tune.metric=val/acc/fused", "method.name=dml"], "tune.metric", "dml reports"),
@@ -130,25 +177,28 @@ def test_bad_search_spaces_are_refused_before_ray_starts(overrides, key, reason)
         ([], True, None),  # FFL on a GPU: the whole step as one graph, no torch.compile
         (["train.compile=default"], True, "default"),  # fused kernels inside the graph
         (["method.name=dualnet", "model.shared=auto"], False, None),  # Python-side alternation: eager
+        (["method.name=dml"], True, None),  # alternating peers: several updates, one static step
+        (["method.name=dml", "train.cuda_graph=false"], False, None),  # ... that torch.compile does not take
         (["train.precision=fp16"], False, "reduce-overhead"),  # the loss scaler syncs: torch.compile's graphs
         (["train.compile=reduce-overhead"], False, "reduce-overhead"),
         (["train.cuda_graph=false"], False, "reduce-overhead"),
     ],
 )
 def test_auto_speed_settings_on_a_gpu(overrides, graph, compile):
-    import torch
-
-    from pipeline.stages import compile_mode, cuda_graph
+    from ffl.step_mode import StepMode, step_mode
 
     p = validate(apply_overrides(tiny_params(train={"precision": "bf16"}), overrides))
-    cuda = torch.device("cuda")
-    assert (cuda_graph(p, cuda), compile_mode(p, cuda)) == (graph, compile)
+    t = p.train
+    mode = step_mode(p.method_class, p.settings(), "cuda", t.precision, t.compile, t.cuda_graph)
+    assert mode == StepMode(graph, compile)
 
 
 def test_cpu_runs_are_eager():
     import torch
 
-    from pipeline.stages import compile_mode, cuda_graph
+    from pipeline.stages import run_step_mode
 
-    p = validate(tiny_params())
-    assert (cuda_graph(p, torch.device("cpu")), compile_mode(p, torch.device("cpu"))) == (False, None)
+    for method in ("ffl", "dml", "one", "dualnet"):
+        p = validate(apply_overrides(tiny_params(), [f"method.name={method}"]))
+        mode = run_step_mode(p, torch.device("cpu"))
+        assert (mode.cuda_graph, mode.compile) == (False, None)

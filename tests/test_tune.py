@@ -28,7 +28,7 @@ def search_params(**tune):
         "scheduler": {"name": "fifo"},
         "resources": {"cpu": 1, "gpu": 0},
         "space": {
-            "method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}},
+            "method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}},
             "train": {"lr": {"type": "choice", "values": [0.05, 1.0e30]}},  # 1e30 diverges at once
         },
     } | tune
@@ -77,9 +77,9 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     assert all(r["val/acc/fused"] for r in rows if r["status"] == "completed")
     # The best params are a params file a training takes as it is, and -S pairs for dvc exp run.
     best = load_params(workdir / "tune/best_params.yaml")
-    assert best.train.lr == 0.05 and best.method.temperature == summary["best_params"]["method.temperature"]
+    assert best.train.lr == 0.05 and best.settings().temperature == summary["best_params"]["method.ffl.temperature"]
     overrides = (workdir / "tune/best_overrides.txt").read_text().split()
-    assert overrides[0] == "-S" and overrides[1].startswith("method.temperature=")
+    assert overrides[0] == "-S" and overrides[1].startswith("method.ffl.temperature=")
     assert (workdir / "tune/plots/optimization_history.html").stat().st_size > 1000
     assert json.loads((workdir / "tune/summary.json").read_text())["failed"] == len(diverged)
     # An earlier search is never silently replaced.
@@ -103,7 +103,7 @@ def test_killed_driver_resumes_keeping_finished_trials(workdir):
             trials=3,
             max_concurrent=1,
             epochs=3,
-            space={"method": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}},
+            space={"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}},
         ),
     )
     assert ffl(workdir, "prepare").returncode == 0

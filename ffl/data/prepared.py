@@ -35,12 +35,14 @@ def split_loader(
     device: torch.device | str,
     *,
     train: bool = False,
+    keep_last: bool = False,
     seed: int = 0,
     channels_last: bool = False,
     augment: Augment = Augment(),
     files: FileSettings = FileSettings(),
 ):
-    """Training batches (shuffled, augmented, whole) when ``train``, else every sample in order."""
+    """Training batches (shuffled, augmented; the last partial batch dropped unless ``keep_last``, as
+    the authors' protocol keeps it) when ``train``, else every sample in order."""
     if isinstance(data, FileDataset):
         return FileLoader(
             data.splits[split],
@@ -52,7 +54,7 @@ def split_loader(
             train=train,
             flip=augment.flip,
             shuffle=train,
-            drop_last=train,
+            drop_last=train and not keep_last,
             seed=seed,
             channels_last=channels_last,
             files=files,
@@ -65,7 +67,7 @@ def split_loader(
         device,
         augment=augment if train else None,
         shuffle=train,
-        drop_last=train,
+        drop_last=train and not keep_last,
         seed=seed,
         channels_last=channels_last,
     )

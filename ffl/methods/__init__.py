@@ -1,25 +1,33 @@
-"""Methods by name; ``build_method(spec)`` rebuilds a method from the ``spec()`` saved with it."""
+"""Every method of the package, registered by name on import (one file each)."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import pkgutil
 
 from ffl.methods.base import Method
-from ffl.methods.dml import DML
-from ffl.methods.dualnet import DualNet
-from ffl.methods.ffl import FFL
-from ffl.methods.one import ONE
-from ffl.methods.vanilla import Vanilla
+from ffl.methods.registry import METHODS, build_method, register_method
+from ffl.methods.settings import MethodConfigError
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FFL, DML, ONE, DualNet, Vanilla)}
+_INFRASTRUCTURE = {"base", "registry", "settings"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_method(spec: dict[str, Any]) -> Method:
-    spec = dict(spec)
-    name = spec.pop("method")
+def method_class(name: str) -> type[Method]:
+    """The registered class of ``name`` (``METHODS[name]`` with a message naming the known ones)."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
-    return METHODS[name](**spec)
+    return METHODS[name]
 
 
-__all__ = ["DML", "FFL", "METHODS", "ONE", "DualNet", "Method", "Vanilla", "build_method"]
+def __getattr__(attr: str):
+    # ``from ffl.methods import FFL``: classes by their Python name, without this file naming them.
+    for cls in METHODS.values():
+        if cls.__name__ == attr:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+__all__ = ["METHODS", "Method", "MethodConfigError", "build_method", "method_class", "register_method"]

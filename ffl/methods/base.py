@@ -1,55 +1,144 @@
-"""The contract every method keeps, so that one engine trains them all.
+"""The contract every method keeps, so that one engine trains them all, and what it declares about itself.
 
-``forward(images) -> {name: logits}``: every classifier the method has (``sub0``.. ``subN-1``,
-``ensemble`` and, where there is one, ``fused``); all of them are evaluated.
-``loss(outputs, targets, epoch) -> {term: scalar}``: the named terms; their sum is minimised.
-The engine passes ``epoch`` as a 0-d tensor on the training device (a float works too).
-``param_groups(weight_decay, aux_weight_decay)``: optimiser groups; auxiliary modules (fusion
-module, gate) get their own weight decay, as in the authors' separate fusion optimiser.
-``spec()``: the constructor arguments, plain data, saved next to the weights so that a trained
-model can be rebuilt without the params file that made it.
+A method is one file under ``ffl/methods/`` holding one ``Method`` subclass, registered by name on
+import. The class declares everything the pipeline needs to know (the params schema, the checks,
+the tune-space checks and docs/methods.md are built from these declarations):
+
+- ``Settings``: a frozen dataclass of its own settings, each with its default (from its own paper
+  and code), bounds, doc and source (``ffl.methods.settings.setting``);
+- ``subnets`` (min, max) and ``default_subnets``: how many sub-networks it trains;
+- ``sharing``: ``shared`` (branches over shared low-level layers), ``independent`` or ``either``;
+- ``outputs(n, settings)``: the classifiers it reports;
+- ``static_step``: whether every step launches the same device work (a whole-step CUDA graph can
+  replay it); ``reference`` and ``differences``: its source and what differs from it.
+
+At run time: ``forward(images) -> {name: logits}`` (every classifier, all evaluated);
+``loss(outputs, targets, epoch) -> {term: scalar}`` (their sum is minimised; ``epoch`` is a 0-d
+tensor on the training device, or a float). A method whose step is more than one forward and one
+update (DML's peers updated in turn) says so in ``has_own_step`` and implements ``train_step``.
+``spec()`` is plain data that rebuilds the method (saved next to the weights).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ffl.methods import settings as settings_mod
+from ffl.methods.settings import MethodConfigError
 from ffl.models.subnetworks import SubNetworks
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoSettings:
+    pass
 
 
 class Method(nn.Module):
     name: ClassVar[str]
+    Settings: ClassVar[type] = NoSettings
+    reference: ClassVar[str] = ""
+    differences: ClassVar[tuple[str, ...]] = ()  # known differences from the original, with the reason
+    subnets: ClassVar[tuple[int, int | None]] = (1, None)
+    default_subnets: ClassVar[int] = 2
+    sharing: ClassVar[str] = "either"  # shared | independent | either
     # Whether every training step launches the same device work, so that one captured CUDA graph
-    # can replay it. A method that decides in Python per step (DualNet's alternation) sets False:
-    # a graph would freeze the decision taken at capture.
+    # can replay it. A method that decides in Python per step (DualNet's alternation) sets False.
     static_step: ClassVar[bool] = True
 
-    def __init__(self, archs: list[str], num_classes: int, shared: bool, **spec: Any):
+    def __init__(self, archs: list[str], num_classes: int, shared: bool | None = None, settings=None, **kwargs):
         super().__init__()
+        self.settings = settings_mod.build(self.Settings, settings, **kwargs)
+        archs = list(archs)
+        shared = self.resolve_shared(archs, shared)
+        self.check_config(archs, shared, self.settings)
         self.net = SubNetworks(archs, num_classes, shared=shared)
-        self._spec = {"archs": list(archs), "num_classes": num_classes, "shared": shared, **spec}
+        self._spec = {"archs": archs, "num_classes": num_classes, "shared": shared}
 
+    # -- declarations the pipeline reads -------------------------------------------------------
+    @classmethod
+    def resolve_shared(cls, archs: list[str], shared: bool | None) -> bool:
+        """``shared`` None (params: auto) takes the method's own setting."""
+        if shared is None:
+            if cls.sharing == "either":
+                return len(set(archs)) == 1
+            return cls.sharing == "shared"
+        if shared and cls.sharing == "independent":
+            raise MethodConfigError("shared", f"{cls.name} trains independent networks; set it to auto or false")
+        if not shared and cls.sharing == "shared":
+            raise MethodConfigError(
+                "shared", f"{cls.name}'s branches share their low-level layers; set it to auto or true"
+            )
+        return shared
+
+    @classmethod
+    def check_config(cls, archs: list[str], shared: bool, settings) -> None:
+        """Everything the method refuses, raised as MethodConfigError naming archs, shared or a setting."""
+        low, high = cls.subnets
+        n = len(archs)
+        if n < low:
+            raise MethodConfigError("archs", f"{cls.name} needs at least {low} sub-networks, got {n}")
+        if high is not None and n > high:
+            raise MethodConfigError("archs", f"{cls.name} takes at most {high} sub-networks, got {n}")
+        if shared and len(set(archs)) > 1:
+            raise MethodConfigError("shared", f"branches sharing low-level layers need one architecture, got {archs}")
+        cls.check_settings(archs, settings)
+
+    @classmethod
+    def check_settings(cls, archs: list[str], settings) -> None:
+        """What a method's settings and architectures must satisfy together (fusable maps, ...)."""
+
+    @classmethod
+    def outputs(cls, n: int, settings) -> list[str]:
+        """The classifiers it reports, in order."""
+        return [f"sub{i}" for i in range(n)] + (["ensemble"] if n > 1 else [])
+
+    # -- run time ------------------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
-        return {"method": self.name, **self._spec}
+        return {"method": self.name, **self._spec, "settings": dataclasses.asdict(self.settings)}
 
     @property
     def num_subnets(self) -> int:
         return len(self.net)
 
+    @classmethod
+    def has_own_step(cls, settings) -> bool:
+        """True when ``train_step`` (several updates per batch) replaces one forward + one update."""
+        return False
+
+    @property
+    def own_step(self) -> bool:
+        return self.has_own_step(self.settings)
+
+    def train_step(self, images, targets, epoch, ctx) -> tuple[dict, dict]:
+        """For ``own_step`` methods: one training step on a batch. ``ctx.autocast()`` is the forward's
+        precision context; ``ctx.update(loss)`` backpropagates ``loss``, steps the optimiser for the
+        parameters that received gradients and clears them. Returns (outputs, loss terms) for the
+        epoch's statistics."""
+        raise NotImplementedError  # pragma: no cover
+
     def auxiliary_modules(self) -> list[nn.Module]:
-        """Modules that are not sub-networks (fusion module, gate): optimised with aux weight decay."""
+        """Modules that are not sub-networks (fusion module, gate): optimised with ``aux_weight_decay``."""
         return []
 
-    def param_groups(self, weight_decay: float, aux_weight_decay: float) -> list[dict]:
-        aux = {id(p) for m in self.auxiliary_modules() for p in m.parameters()}
+    def aux_weight_decay(self) -> float | None:
+        """The auxiliary modules' own weight decay; None: the same as the sub-networks'."""
+        return None
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        aux_params = [p for m in self.auxiliary_modules() for p in m.parameters()]
+        aux = {id(p) for p in aux_params}
         main = [p for p in self.parameters() if id(p) not in aux]
         groups = [{"params": main, "weight_decay": weight_decay, "name": "subnets"}]
-        aux_params = [p for m in self.auxiliary_modules() for p in m.parameters()]
         if aux_params:
-            groups.append({"params": aux_params, "weight_decay": aux_weight_decay, "name": "auxiliary"})
+            own = self.aux_weight_decay()
+            groups.append(
+                {"params": aux_params, "weight_decay": weight_decay if own is None else own, "name": "auxiliary"}
+            )
         return groups
 
     @staticmethod
@@ -59,41 +148,26 @@ class Method(nn.Module):
             out["ensemble"] = torch.stack(logits).mean(0)
         return out
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the engine before each epoch; methods with epoch-dependent behaviour override it."""
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch: float) -> dict[str, torch.Tensor]:
+    def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
 
 
-class PeerDistillation(Method):
-    """What DML and ONE share: CE on every sub-network plus a ramped-up, temperature-softened KD term."""
-
-    def __init__(
-        self,
-        archs: list[str],
-        num_classes: int,
-        shared: bool,
-        temperature: float,
-        rampup_epochs: float,
-        ce_weight: float,
-        kd_weight: float,
-    ):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        super().__init__(
-            archs,
-            num_classes,
-            shared,
-            temperature=temperature,
-            rampup_epochs=rampup_epochs,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-        )
-        self.temperature = temperature
-        self.rampup_epochs = rampup_epochs
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
+@contextmanager
+def frozen_bn_statistics(module: nn.Module):
+    """Batch-norm layers normalise with batch statistics but leave their running statistics alone
+    (momentum 0): a second forward pass of the same batch must not count it twice."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum

@@ -1,76 +1,103 @@
-"""Feature Fusion Learning (Kim et al., ICPR 2020).
+"""Feature Fusion Learning (Kim, Hyun, Chung, Kwak, ICPR 2020; code: Jangho-Kim/FFL-pytorch).
 
 Sub-networks (branches over shared low-level layers, or independent networks of any
 architectures) and a fusion module over their last feature maps. Losses: CE on every classifier;
 EKD: the sub-networks' mean logits teach the fused classifier; FKD: the fused classifier teaches
 every sub-network. KD terms use temperature T, T^2 scaling, detached teachers and the sigmoid
-ramp-up. ``fusion=False`` is the poster's "no FM" ablation: the fused output is the plain
+ramp-up. ``fusion.enabled=False`` is the poster's "no FM" ablation: the fused output is the plain
 ensemble, and EKD (ensemble -> itself) has nothing to teach, so it must be off.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ffl.fusion import FusionModule
 from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
 from ffl.methods.base import Method
+from ffl.methods.registry import register_method
+from ffl.methods.settings import MethodConfigError, setting
 from ffl.models.subnetworks import check_fusable
 
+CODE = "Jangho-Kim/FFL-pytorch"
 
+
+@dataclass(frozen=True, kw_only=True)
+class KDTerm:
+    enabled: bool = setting(True, "the term is trained (the poster's ablation columns)", "poster, ablation table")
+    weight: float = setting(1.0, "its weight", f"{CODE} train_FFL.py (unweighted sum)", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionSettings:
+    enabled: bool = setting(True, "false: the poster's no-FM ablation (fused = plain ensemble)", "poster, ablation")
+    width: int | None = setting(
+        None, "point-wise conv channels; null = channels of one sub-network's map", f"{CODE} our_network.py", ge=1
+    )
+    kernel_size: int = setting(3, "depth-wise conv kernel", f"{CODE} our_network.py", ge=1, odd=True)
+    weight_decay: float = setting(
+        1e-5, "the fusion module's own optimiser's weight decay", f"{CODE} train_FFL.py", ge=0
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FFLSettings:
+    temperature: float = setting(3.0, "KD temperature (terms scaled by T^2)", f"{CODE} utils.py KLLoss", gt=0)
+    rampup_epochs: float = setting(
+        80.0, "sigmoid ramp-up of the KD weight, in epochs (of 300); 0 = none", f"{CODE} utils.py sigmoid_rampup", ge=0
+    )
+    ce_weight: float = setting(1.0, "weight of every cross-entropy term", f"{CODE} train_FFL.py", ge=0)
+    ekd: KDTerm = setting(default_factory=KDTerm, doc="ensemble -> fused classifier")
+    fkd: KDTerm = setting(default_factory=KDTerm, doc="fused classifier -> every sub-network")
+    fusion: FusionSettings = setting(default_factory=FusionSettings, doc="the fusion module")
+
+
+@register_method
 class FFL(Method):
     name = "ffl"
+    Settings = FFLSettings
+    reference = (
+        "Kim et al., Feature Fusion for Online Mutual Knowledge Distillation, ICPR 2020 (arXiv 1904.09058); code "
+        + CODE
+    )
+    differences = (
+        "Any number of sub-networks and different architectures can be fused (the paper claims it; the "
+        "official code hard-codes two equal branches).",
+        "Classifier heads run in fp32 under bf16 autocast (the logits are soft KD targets).",
+    )
+    subnets = (2, None)
+    default_subnets = 2
+    sharing = "either"
 
-    def __init__(
-        self,
-        archs: list[str],
-        num_classes: int,
-        shared: bool = True,
-        fusion: bool = True,
-        fusion_width: int | None = None,
-        fusion_kernel_size: int = 3,
-        temperature: float = 3.0,
-        rampup_epochs: float = 80.0,
-        ce_weight: float = 1.0,
-        ekd: bool = True,
-        ekd_weight: float = 1.0,
-        fkd: bool = True,
-        fkd_weight: float = 1.0,
-    ):
-        if len(archs) < 2:
-            raise ValueError(f"FFL needs at least 2 sub-networks, got {len(archs)}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if ekd and not fusion:
-            raise ValueError("EKD distils the ensemble into the fusion module: it needs fusion on")
-        if fusion:
-            check_fusable(archs)
-        super().__init__(
-            archs,
-            num_classes,
-            shared,
-            fusion=fusion,
-            fusion_width=fusion_width,
-            fusion_kernel_size=fusion_kernel_size,
-            temperature=temperature,
-            rampup_epochs=rampup_epochs,
-            ce_weight=ce_weight,
-            ekd=ekd,
-            ekd_weight=ekd_weight,
-            fkd=fkd,
-            fkd_weight=fkd_weight,
-        )
-        self.fusion = (
-            FusionModule(self.net.out_channels, num_classes, fusion_width, fusion_kernel_size) if fusion else None
-        )
-        self.temperature = temperature
-        self.rampup_epochs = rampup_epochs
-        self.ce_weight = ce_weight
-        self.ekd_weight = ekd_weight if ekd else 0.0
-        self.fkd_weight = fkd_weight if fkd else 0.0
+    @classmethod
+    def check_settings(cls, archs, settings):
+        if settings.ekd.enabled and not settings.fusion.enabled:
+            raise MethodConfigError("ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
+        if settings.fusion.enabled:
+            try:
+                check_fusable(archs)
+            except ValueError as e:
+                raise MethodConfigError("archs", str(e)) from None
+
+    @classmethod
+    def outputs(cls, n, settings):
+        return [*super().outputs(n, settings), "fused"]
+
+    def __init__(self, archs, num_classes, shared=None, settings=None, **kwargs):
+        super().__init__(archs, num_classes, shared, settings, **kwargs)
+        s = self.settings
+        f = s.fusion
+        self.fusion = FusionModule(self.net.out_channels, num_classes, f.width, f.kernel_size) if f.enabled else None
+        self.ekd_weight = s.ekd.weight if s.ekd.enabled else 0.0
+        self.fkd_weight = s.fkd.weight if s.fkd.enabled else 0.0
 
     def auxiliary_modules(self):
         return [self.fusion] if self.fusion is not None else []
+
+    def aux_weight_decay(self):
+        return self.settings.fusion.weight_decay
 
     def forward(self, images):
         feats, logits = self.net(images)
@@ -79,16 +106,16 @@ class FFL(Method):
         return out
 
     def loss(self, outputs, targets, epoch):
-        n = self.num_subnets
-        subs = [outputs[f"sub{i}"] for i in range(n)]
-        terms = {f"ce_sub{i}": self.ce_weight * cross_entropy(z, targets) for i, z in enumerate(subs)}
-        terms["ce_fused"] = self.ce_weight * cross_entropy(outputs["fused"], targets)
-        ramp = sigmoid_rampup(epoch, self.rampup_epochs)
+        s = self.settings
+        subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
+        terms = {f"ce_sub{i}": s.ce_weight * cross_entropy(z, targets) for i, z in enumerate(subs)}
+        terms["ce_fused"] = s.ce_weight * cross_entropy(outputs["fused"], targets)
+        ramp = sigmoid_rampup(epoch, s.rampup_epochs)
         if self.ekd_weight:
-            terms["ekd"] = ramp * self.ekd_weight * kd_loss(outputs["fused"], outputs["ensemble"], self.temperature)
+            terms["ekd"] = ramp * self.ekd_weight * kd_loss(outputs["fused"], outputs["ensemble"], s.temperature)
         if self.fkd_weight:
             for i, z in enumerate(subs):
-                terms[f"fkd_sub{i}"] = ramp * self.fkd_weight * kd_loss(z, outputs["fused"], self.temperature)
+                terms[f"fkd_sub{i}"] = ramp * self.fkd_weight * kd_loss(z, outputs["fused"], s.temperature)
         return terms
 
     def fused_features(self, images) -> torch.Tensor:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from ffl.losses import cross_entropy
 from ffl.methods.base import Method
+from ffl.methods.registry import register_method
 
 
+@register_method
 class Vanilla(Method):
     name = "vanilla"
-
-    def __init__(self, archs: list[str], num_classes: int, shared: bool = False, ce_weight: float = 1.0):
-        if shared:
-            raise ValueError("vanilla trains independent networks: shared low-level layers would couple them")
-        super().__init__(archs, num_classes, shared, ce_weight=ce_weight)
-        self.ce_weight = ce_weight
+    reference = "one network trained alone with cross-entropy (the poster's baseline row)"
+    subnets = (1, None)
+    default_subnets = 1
+    sharing = "independent"
 
     def forward(self, images):
         return self.named_subnets(self.net(images)[1])
 
     def loss(self, outputs, targets, epoch):
-        return {
-            f"ce_sub{i}": self.ce_weight * cross_entropy(outputs[f"sub{i}"], targets) for i in range(self.num_subnets)
-        }
+        return {f"ce_sub{i}": cross_entropy(outputs[f"sub{i}"], targets) for i in range(self.num_subnets)}

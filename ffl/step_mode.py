@@ -1,0 +1,75 @@
+"""How a training step runs: eagerly, as one captured CUDA graph, compiled, and why not otherwise.
+
+One function decides it for every caller (params validation, the stages, the engine, the bench),
+so the rule is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# torch.compile modes that capture CUDA graphs of their own (over forward and backward): they
+# exclude the whole-step graph.
+COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class StepModeError(ValueError):
+    """``key`` is the setting to change: ``cuda_graph`` or ``compile``."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+@dataclass(frozen=True)
+class StepMode:
+    cuda_graph: bool | None  # None: not decided (the device is not known yet)
+    compile: str | None
+
+
+def step_mode(
+    method_cls,
+    settings,
+    device_type: str | None,
+    precision: str,
+    compile: str = "auto",
+    cuda_graph: bool | str = "auto",
+) -> StepMode:
+    """The step of ``method_cls`` (with ``settings``) on ``device_type`` (None: unknown, check only).
+
+    ``precision`` is resolved or ``auto`` (never fp16); ``compile`` is auto, off or a torch.compile
+    mode; ``cuda_graph`` auto, True or False. Raises StepModeError for a combination that cannot run.
+    """
+    name = method_cls.name
+    static = method_cls.static_step
+    own = method_cls.has_own_step(settings)
+    explicit = compile not in ("auto", "off", None)
+    if explicit and not static:
+        raise StepModeError("compile", f"{name} decides each step in Python: it trains eagerly (off)")
+    if explicit and own:
+        raise StepModeError("compile", f"{name}'s step updates the networks several times per batch: set it to off")
+    if cuda_graph is True:
+        if not static:
+            raise StepModeError("cuda_graph", f"{name} decides each step in Python: set it to auto or false")
+        if precision == "fp16":
+            raise StepModeError(
+                "cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"
+            )
+        if compile in COMPILE_MODES_WITH_GRAPHS:
+            raise StepModeError("compile", f"{compile} brings its own CUDA graphs: use default or off with cuda_graph")
+        if device_type is not None and device_type != "cuda":
+            raise StepModeError(
+                "cuda_graph", f"true needs a CUDA device, this run is on {device_type} (set it to auto)"
+            )
+    if device_type is None:
+        return StepMode(None, None)
+    cuda = device_type == "cuda"
+    graph = cuda_graph is True or (
+        cuda_graph == "auto" and cuda and static and precision != "fp16" and compile not in COMPILE_MODES_WITH_GRAPHS
+    )
+    if compile == "auto":
+        mode = None if (not cuda or not static or own or graph) else "reduce-overhead"
+    else:
+        mode = None if compile in ("off", None) else compile
+    return StepMode(graph, mode)

@@ -1,0 +1,132 @@
+"""Reading params: the YAML parser DVC itself uses (so the params that run are the params that
+`dvc exp show` records), ``-S`` overrides with the syntax of ``dvc exp run -S``, keys that moved,
+and validation into the typed ``Params``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML, YAMLError
+
+from pipeline.errors import ParamsError
+from pipeline.params.schema import Params, check_consistency
+
+
+def parse_yaml(text: str):
+    """YAML 1.2 as DVC reads params.yaml (ruamel, safe): ``1e-4`` is a float, ``off`` a string,
+    ``010`` is 10, and a duplicated key is an error."""
+    return YAML(typ="safe").load(text)
+
+
+def _problem(e: YAMLError) -> str:
+    return str(getattr(e, "problem", None) or str(e).splitlines()[0])
+
+
+# Keys that moved when each method got its own section: old dotted key -> new, where "{name}" is
+# the selected method (the old shared keys were read by whichever method was selected).
+MOVED = {
+    "method.temperature": "method.{name}.temperature",
+    "method.rampup_epochs": "method.{name}.rampup_epochs",
+    "method.ce_weight": "method.{name}.ce_weight",
+    "method.kd_weight": "method.{name}.kd_weight",
+    "method.ekd": "method.ffl.ekd",
+    "method.fkd": "method.ffl.fkd",
+    "fusion": "method.ffl.fusion",
+    "train.fusion_weight_decay": "method.ffl.fusion.weight_decay",
+}
+
+
+def moved_to(key: str, method: str) -> str | None:
+    """The new key of an old one (``fusion.width`` -> ``method.ffl.fusion.width``), or None."""
+    for old, new in MOVED.items():
+        if key == old or key.startswith(old + "."):
+            target = new.format(name=method if method in ("ffl", "dml", "one") else "ffl")
+            return target + key[len(old) :]
+    return None
+
+
+def _check_moved(raw: dict) -> None:
+    method = raw.get("method", {}).get("name", "ffl") if isinstance(raw.get("method"), dict) else "ffl"
+    for old in MOVED:
+        node = raw
+        parts = old.split(".")
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) and part in node else KeyError
+            if node is KeyError:
+                break
+        else:
+            raise ParamsError(old, f"moved to {moved_to(old, method)} (each method has its own section)")
+
+
+def set_dotted(raw: dict, key: str, value) -> dict:
+    """Sets ``a.b.c`` in nested dicts, creating missing sections (the schema refuses unknown ones)."""
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ParamsError(".".join(parts[: i + 1]), "is a value, not a section")
+    node[parts[-1]] = value
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` assignments, values parsed as YAML: the syntax of ``dvc exp run -S``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParamsError(item, "an override is key=value with a dotted key (train.lr=0.05)")
+        try:
+            parsed = parse_yaml(value) if value.strip() else None
+        except YAMLError as e:
+            raise ParamsError(key, f"value {value!r} is not valid YAML ({_problem(e)})") from None
+        set_dotted(raw, key, parsed)
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError("", f"{path}: params file not found") from None
+    except UnicodeDecodeError:
+        raise ParamsError("", f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise ParamsError("", f"{path}: cannot read params file ({e.strerror})") from None
+    try:
+        raw = parse_yaml(text)
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError("", f"{path}: malformed YAML{where}: {_problem(e)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError("", f"{path}: params must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def validate(raw: dict) -> Params:
+    _check_moved(raw)
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ParamsError(".".join(str(p) for p in err["loc"]), msg + more) from None
+    check_consistency(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
+    return validate(apply_overrides(read_yaml(path), list(overrides)))

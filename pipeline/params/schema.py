@@ -1,0 +1,273 @@
+"""The params schema. Unknown keys, wrong types and out-of-range values are refused with the dotted
+key in the message; so are combinations no method can train. Each method's section
+(``method.<name>``) is built from the method's own declaration (ffl/methods), never written here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+
+from ffl.methods import METHODS, MethodConfigError
+from ffl.methods import settings as method_settings
+from ffl.models import backbone_spec
+from ffl.step_mode import COMPILE_MODES, StepModeError, step_mode
+from pipeline.errors import ParamsError
+from pipeline.params.search import TuneParams
+
+# Every float in params must be finite: an .inf learning rate or temperature is never meant.
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class ShapesParams(Section):
+    train_per_class: int = Field(400, ge=1)
+    test_per_class: int = Field(200, ge=1)
+    noise: float = Field(0.1, ge=0, le=1)
+
+
+class AugmentParams(Section):
+    pad: int = Field(4, ge=0)
+    pad_mode: Literal["reflect", "zeros", "replicate"] = "reflect"
+    flip: bool = True
+
+
+class FilesParams(Section):
+    """Datasets read from image files (imagenet, imagefolder): decoding and the standard ImageNet crops."""
+
+    image_size: int = Field(224, ge=8)
+    resize: int = Field(256, ge=8)
+    workers: int = Field(8, ge=0)
+
+    @field_validator("resize")
+    @classmethod
+    def _covers_crop(cls, resize, info):
+        size = info.data.get("image_size")
+        if size is not None and resize < size:
+            raise ValueError(f"must be at least image_size ({size}): evaluation centre-crops the resized image")
+        return resize
+
+
+FILE_SOURCES = ("imagenet", "imagefolder")
+
+
+class DataParams(Section):
+    source: Literal["shapes", "cifar10", "cifar100", "imagenet", "imagefolder"] = "shapes"
+    seed: int = Field(0, ge=0)  # the dataset's own seed (generation, validation split), not training's
+    root: str = "data/raw"
+    download: bool = False
+    # clean: hold val_fraction of the training set out for model selection and tuning, drop the
+    # last partial batch. paper: the authors' protocol, every training image and the last batch.
+    protocol: Literal["clean", "paper"] = "clean"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    shapes: ShapesParams = ShapesParams()
+    augment: AugmentParams = AugmentParams()
+    files: FilesParams = FilesParams()
+
+    def split_fraction(self) -> float:
+        """The validation fraction prepare holds out: none under the paper's protocol."""
+        return 0.0 if self.protocol == "paper" else self.val_fraction
+
+
+def _known_arch(name: str) -> str:
+    backbone_spec(name)  # ValueError names the known architectures
+    return name
+
+
+Arch = Annotated[str, AfterValidator(_known_arch)]
+
+
+def _auto_or_bool(v):
+    # One clear message instead of one per member of the union.
+    if v != "auto" and not isinstance(v, bool):
+        raise ValueError(f"expected auto, true or false, got {v!r}")
+    return v
+
+
+def _auto_or_count(v):
+    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ValueError(f"expected auto or a whole number >= 1, got {v!r}")
+    return v
+
+
+AutoBool = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]
+AutoCount = Annotated[Literal["auto"] | int, BeforeValidator(_auto_or_count)]
+
+
+class ModelParams(Section):
+    arch: Arch = "resnet32"  # every sub-network's architecture
+    subnets: AutoCount = "auto"  # how many; auto = the method's own (ONE 3, vanilla 1, others 2)
+    archs: list[Arch] | None = Field(None, min_length=1)  # one per sub-network: different architectures
+    # auto: the method's own setting (FFL: shared when the archs are equal; ONE: shared; others: not).
+    shared: AutoBool = "auto"
+
+
+# -- each method's section, from its declaration ------------------------------------------------
+
+
+def _odd(v):
+    if v is not None and v % 2 == 0:
+        raise ValueError("must be odd, so that the feature map keeps its size")
+    return v
+
+
+def settings_section(cls) -> type[Section]:
+    """A strict pydantic section with the fields, defaults and bounds the dataclass declares."""
+    types = method_settings.hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = types[f.name]
+        if method_settings.is_settings(tp):
+            sub = settings_section(tp)
+            fields[f.name] = (sub, Field(default_factory=sub, description=f.metadata.get("doc", "")))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        bounds = dict(f.metadata.get("bounds", {}))
+        if f.metadata.get("odd"):
+            tp = Annotated[tp, AfterValidator(_odd)]
+        fields[f.name] = (tp, Field(default, description=f.metadata.get("doc", ""), **bounds))
+    return create_model(f"{cls.__name__}Params", __base__=Section, **fields)
+
+
+def _method_params() -> type[Section]:
+    names = tuple(sorted(METHODS, key=lambda n: n != "ffl"))  # the paper's method first
+    fields: dict[str, Any] = {"name": (Literal[names], names[0])}
+    for name, cls in METHODS.items():
+        section = settings_section(cls.Settings)
+        fields[name] = (section, Field(default_factory=section))
+    model = create_model("MethodParams", __base__=Section, **fields)
+    model.selected = lambda self: getattr(self, self.name)
+    return model
+
+
+MethodParams = _method_params()
+
+
+class TrainParams(Section):
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: PositiveFloat = 0.1
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: NonNegFloat = 1e-4
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(0.1, gt=0, le=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    # Whole training step (forward, backward, optimiser, metric sums) captured as one CUDA graph;
+    # auto: where ffl.step_mode allows it (GPU, a static step, not fp16).
+    cuda_graph: AutoBool = "auto"
+    # torch.compile mode; auto: see ffl.step_mode (off on CPUs and under the whole-step graph).
+    compile: Literal[("auto", "off", *COMPILE_MODES)] = "auto"
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, d):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", d):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return d
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, m):
+        if any(b <= a for a, b in itertools.pairwise(m)):
+            raise ValueError("must be strictly increasing fractions of the epochs")
+        return m
+
+    def milestone_epochs(self) -> list[int]:
+        return [round(f * self.epochs) for f in self.milestones]
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(1000, ge=1)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0, lt=2**63)
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    method: MethodParams = MethodParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tune: TuneParams = TuneParams()
+
+    @property
+    def method_class(self):
+        return METHODS[self.method.name]
+
+    def settings(self):
+        """The selected method's settings, as the method's own dataclass."""
+        return method_settings.build(self.method_class.Settings, self.method.selected().model_dump())
+
+    def archs(self) -> list[str]:
+        m = self.model
+        if m.archs is not None:
+            return list(m.archs)
+        n = self.method_class.default_subnets if m.subnets == "auto" else m.subnets
+        return [m.arch] * n
+
+    def shared(self) -> bool:
+        return self.method_class.resolve_shared(
+            self.archs(), None if self.model.shared == "auto" else self.model.shared
+        )
+
+
+def _method_key(p: Params, key: str) -> str:
+    if key == "archs":
+        return "model.archs" if p.model.archs is not None else "model.subnets"
+    if key == "shared":
+        return "model.shared"
+    return f"method.{p.method.name}.{key}"
+
+
+def check_consistency(p: Params) -> None:
+    """What no single key can say wrong on its own."""
+    if p.data.download and p.data.source in FILE_SOURCES:
+        raise ParamsError("data.download", f"{p.data.source} cannot be downloaded: place it under data.root")
+    if p.model.archs is not None and p.model.subnets not in ("auto", len(p.model.archs)):
+        raise ParamsError("model.subnets", f"{p.model.subnets} does not match the {len(p.model.archs)} model.archs")
+    cls, archs = p.method_class, p.archs()
+    try:
+        settings = p.settings()
+        shared = p.shared()
+        cls.check_config(archs, shared, settings)
+    except MethodConfigError as e:
+        raise ParamsError(_method_key(p, e.key), e.reason) from None
+    t = p.train
+    if p.data.source == "shapes" and p.data.split_fraction():
+        per_class = p.data.shapes.train_per_class
+        if round(per_class * (1 - p.data.split_fraction())) < 1:
+            raise ParamsError("data.val_fraction", f"leaves no training images of {per_class} per class")
+    device_type = None if t.device == "auto" else t.device.split(":")[0]
+    try:
+        step_mode(cls, settings, device_type, t.precision, t.compile, t.cuda_graph)
+    except StepModeError as e:
+        raise ParamsError(f"train.{e.key}", e.reason) from None
+    if t.nesterov and t.momentum == 0:
+        raise ParamsError("train.nesterov", "Nesterov momentum needs train.momentum > 0")
+
+
+def method_outputs(p: Params) -> list[str]:
+    """The classifiers the configured method reports (their validation accuracy can be tuned for)."""
+    return p.method_class.outputs(len(p.archs()), p.settings())
+
+
+def method_spec(p: Params, num_classes: int) -> dict[str, Any]:
+    """The constructor arguments of the configured method (``ffl.build_method`` takes them)."""
+    settings = dataclasses.asdict(p.settings())
+    return {
+        "method": p.method.name,
+        "archs": p.archs(),
+        "num_classes": num_classes,
+        "shared": p.shared(),
+        "settings": settings,
+    }

@@ -1,0 +1,146 @@
+"""The search space of `ffl tune` (``tune`` section): its schema, parsed once into dimensions, and
+checked against the params schema before Ray starts."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from pipeline.errors import ParamsError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Dimension(_Section):
+    """One dimension of the search space: its kind and bounds (or choices)."""
+
+    type: Literal["uniform", "loguniform", "int", "logint", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty list of values")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} dimension needs low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.type.startswith("log") and self.low <= 0:
+            raise ValueError(f"a {self.type} dimension needs low > 0")
+        if self.type in ("int", "logint") and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int dimension needs whole-number bounds")
+        return self
+
+    def points(self) -> list:
+        """The values a trial can take at the edges: checked against the params schema up front."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type in ("int", "logint"):
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class SchedulerParams(_Section):
+    name: Literal["asha", "median", "fifo"] = "asha"
+    grace_period: int = Field(2, ge=1)  # epochs every trial runs before it can be stopped
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class ResourcesParams(_Section):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials: 0.25 = four at once
+
+
+def _parse_space(space: dict) -> dict[str, Dimension]:
+    out: dict[str, Dimension] = {}
+
+    def walk(node, path):
+        if isinstance(node, dict) and "type" in node:
+            try:
+                out[".".join(path)] = Dimension.model_validate(node)
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = ".".join(["tune", "space", *path, *(str(p) for p in err["loc"])])
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                raise ParamsError(key, msg.removeprefix("Value error, ")) from None
+        elif isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, [*path, str(k)])
+        else:
+            where = ".".join(["tune", "space", *path])
+            raise ParamsError(where, "expected a section or a dimension {type: ..., low: ..., high: ...}")
+
+    if space:
+        walk(space, [])
+    return out
+
+
+class TuneParams(_Section):
+    trials: int = Field(50, ge=1)
+    metric: str = "val/acc/fused"  # on the validation split, never the test split
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, ge=0, lt=2**32)
+    epochs: int | None = Field(None, ge=1)  # a trial's length; null = train.epochs
+    max_concurrent: int = Field(0, ge=0)  # 0 = as many as the resources allow
+    max_failures: int = Field(1, ge=0)  # retries of a trial that crashed
+    scheduler: SchedulerParams = SchedulerParams()
+    resources: ResourcesParams = ResourcesParams()
+    # Nested like the params it searches (method: {ffl: {temperature: {type: loguniform, ...}}}), so
+    # that `-S tune.space.method.ffl.temperature.high=10` works; a mapping with a `type` is a dimension.
+    space: dict[str, Any] = Field(default_factory=dict)
+    _dims: dict[str, Dimension] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _dimensions(self):
+        # Parsed once, here: every later use reads the same validated dimensions.
+        self._dims = _parse_space(self.space)
+        return self
+
+    def dimensions(self) -> dict[str, Dimension]:
+        """The space flattened to ``{dotted param: Dimension}``."""
+        return self._dims
+
+
+def check_tune(p, raw: dict) -> None:
+    """The search, checked before Ray starts: the metric exists, every dimension is a param whose
+    edge values the schema accepts."""
+    from pipeline.params.loading import moved_to, set_dotted, validate
+    from pipeline.params.schema import method_outputs
+
+    t = p.tune
+    metrics = [f"val/acc/{o}" for o in method_outputs(p)]
+    if t.metric not in metrics:
+        raise ParamsError("tune.metric", f"{p.method.name} reports {', '.join(metrics)}; got {t.metric!r}")
+    if p.data.split_fraction() == 0:
+        raise ParamsError(
+            "data.val_fraction", "tuning scores trials on the validation split: it must be > 0 (protocol clean)"
+        )
+    if not t.space:
+        raise ParamsError("tune.space", "the search space is empty")
+    for key, dim in t.dimensions().items():
+        if key.split(".")[0] in ("tune", "evaluate"):
+            raise ParamsError(f"tune.space.{key}", "only training params can be searched")
+        new = moved_to(key, p.method.name)
+        if new:
+            raise ParamsError(f"tune.space.{key}", f"moved to tune.space.{new}")
+        from ffl.methods import METHODS
+
+        if key.startswith("method.") and key.split(".")[1] in set(METHODS) - {p.method.name}:
+            raise ParamsError(
+                f"tune.space.{key}", f"searches {key.split('.')[1]}'s settings, but method.name is {p.method.name}"
+            )
+        for value in dim.points():
+            try:
+                validate(set_dotted(copy.deepcopy(raw), key, value))
+            except ParamsError as e:
+                reason = "not a param" if e.reason.startswith("unknown key") else f"{value!r} is refused ({e})"
+                raise ParamsError(f"tune.space.{key}", reason) from None

@@ -1,0 +1,117 @@
+"""Every method's declaration, checked once for all: a new method file gets these tests for free."""
+
+import copy
+import dataclasses
+import subprocess
+import sys
+import typing
+
+import numpy as np
+import pytest
+import torch
+
+from ffl.data import DeviceLoader, Split
+from ffl.engine import TrainConfig, Trainer
+from ffl.methods import METHODS, build_method
+from ffl.methods import settings as method_settings
+from pipeline.params import apply_overrides, method_spec, validate
+from tests.helpers import ROOT, tiny_params
+
+SETTINGS = [(name, row) for name, cls in METHODS.items() for row in method_settings.rows(cls.Settings)]
+# Settings that are only valid together with another one.
+COMPANIONS = {
+    ("ffl", "fusion.enabled"): ["method.ffl.ekd.enabled=false"],
+    ("dualnet", "finetune"): ["method.dualnet.finetune_fraction=0.5"],  # the second epoch fine-tunes
+}
+
+
+def changed(row):
+    """A valid value other than the default."""
+    tp, default, bounds = row["type"], row["default"], row["bounds"]
+    if typing.get_origin(tp) is typing.Literal:
+        return next(v for v in typing.get_args(tp) if v != default)
+    if default is None or isinstance(default, bool):
+        return (not default) if isinstance(default, bool) else (16 if "width" in row["key"] else 0.05)
+    if row["odd"]:
+        return default + 2
+    value = default * 3 + 0.3 if default else 0.4
+    if "lt" in bounds:
+        value = min(value, (bounds["lt"] + default) / 2)
+    return type(default)(value)
+
+
+def run(method, seed=0):
+    """Two epochs on 16 fixed images; the weights and the loss history."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 255, (16, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 16))
+    loader = DeviceLoader(split, 8, (127.0,) * 3, (64.0,) * 3, shuffle=True, drop_last=True)
+    history = Trainer(method, loader, TrainConfig(epochs=2, milestones=[], precision="fp32")).fit()
+    history = [{k: v for k, v in h.items() if not k.startswith("time/")} for h in history]
+    return {k: v.clone() for k, v in method.state_dict().items() if torch.is_tensor(v)}, history
+
+
+def build(name, overrides):
+    raw = apply_overrides(tiny_params(), [f"method.name={name}", *overrides])
+    torch.manual_seed(0)
+    return build_method(method_spec(validate(raw), 10))
+
+
+@pytest.mark.parametrize(("name", "row"), SETTINGS, ids=[f"{n}.{r['key']}" for n, r in SETTINGS])
+def test_every_setting_reaches_its_method_and_changes_the_run(name, row):
+    extra = COMPANIONS.get((name, row["key"]), [])
+    value = changed(row)
+    base = build(name, extra)
+    other = build(name, [*extra, f"method.{name}.{row['key']}={value!r}".replace("'", "")])
+    got = other.settings
+    for part in row["key"].split("."):
+        got = getattr(got, part)
+    assert got == value, "the params value did not reach the method's settings"
+    (w0, h0), (w1, h1) = run(base), run(other)
+    same = w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0) and h0 == h1
+    assert not same, f"method.{name}.{row['key']}={value} changed nothing in a two-epoch run"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_declaration_is_whole(name):
+    cls = METHODS[name]
+    assert cls.reference
+    for row in method_settings.rows(cls.Settings):
+        assert row["doc"] and row["source"], f"{name}.{row['key']} needs a doc and the source of its default"
+    low, high = cls.subnets
+    assert low <= cls.default_subnets and (high is None or cls.default_subnets <= high)
+    assert cls.sharing in ("shared", "independent", "either")
+    method = cls(["resnet8"] * cls.default_subnets, 10)
+    assert set(method.eval()(torch.zeros(2, 3, 32, 32))) == set(cls.outputs(cls.default_subnets, method.settings))
+    clone = build_method(copy.deepcopy(method.spec()))
+    assert dataclasses.asdict(clone.settings) == dataclasses.asdict(method.settings)
+
+
+def test_params_yaml_lists_every_setting_of_every_method():
+    """No hidden defaults: the shipped params file shows each method's whole section."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["method"]
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k
+
+    for name, cls in METHODS.items():
+        declared = {r["key"] for r in method_settings.rows(cls.Settings)}
+        assert set(leaves(raw.get(name, {}))) == declared, name
+
+
+def test_the_methods_docs_page_is_generated_from_the_declarations():
+    from pipeline.methods_doc import render
+
+    assert (ROOT / "docs/methods.md").read_text() == render(), "run `ffl methods --write docs/methods.md`"
+
+
+def test_importing_ffl_loads_no_dvc_ray_typer_or_pydantic():
+    code = "import sys, ffl; bad = [m for m in ('dvc', 'ray', 'typer', 'dvclive') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
