@@ -270,8 +270,12 @@ class Trainer:
             outputs = self.method(x)
         terms = self.method.loss(outputs, y, epoch)
         total = torch.stack(list(terms.values())).sum()
-        correct = {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
-        return total, terms, correct
+        return total, terms, self._correct(outputs, y)
+
+    @staticmethod
+    def _correct(outputs, y) -> dict[str, torch.Tensor]:
+        """Top-1 hits of every classifier on the batch."""
+        return {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
 
     # -- what an own-step method (several updates per batch) gets as ``ctx`` ------------------
     def autocast(self):
@@ -287,8 +291,7 @@ class Trainer:
     def _own_step(self, x, y, epoch):
         outputs, terms = self.method.train_step(x, y, epoch, self)
         total = torch.stack([v.detach() for v in terms.values()]).sum()
-        correct = {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
-        return total, terms, correct
+        return total, terms, self._correct(outputs, y)
 
     def _step(self, x, y, epoch) -> EpochGroup:
         """One optimisation step, its loss terms and accuracies added to the epoch's device-side sums."""

@@ -143,7 +143,7 @@ def loader(params: Params, data: Dataset, split: str, device: torch.device, trai
         params.train.batch_size if train else params.evaluate.batch_size,
         device,
         train=train,
-        keep_last=params.data.protocol == "paper",
+        keep_last=params.data.keep_last_batch(),
         seed=params.seed,
         channels_last=params.train.channels_last,
         augment=Augment(a.pad, a.pad_mode, a.flip),

@@ -6,20 +6,13 @@ import importlib
 import pkgutil
 
 from ffl.methods.base import Method
-from ffl.methods.registry import METHODS, build_method, register_method
+from ffl.methods.registry import METHODS, build_method, method_class, register_method
 from ffl.methods.settings import MethodConfigError
 
 _INFRASTRUCTURE = {"base", "registry", "settings"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE:
         importlib.import_module(f"{__name__}.{_module.name}")
-
-
-def method_class(name: str) -> type[Method]:
-    """The registered class of ``name`` (``METHODS[name]`` with a message naming the known ones)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 def __getattr__(attr: str):

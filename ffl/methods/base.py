@@ -30,7 +30,7 @@ from torch import nn
 
 from ffl.methods import settings as settings_mod
 from ffl.methods.settings import MethodConfigError
-from ffl.models.subnetworks import SubNetworks
+from ffl.models.subnetworks import SubNetworks, check_fusable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,6 +91,14 @@ class Method(nn.Module):
     @classmethod
     def check_settings(cls, archs: list[str], settings) -> None:
         """What a method's settings and architectures must satisfy together (fusable maps, ...)."""
+
+    @staticmethod
+    def require_fusable(archs: list[str]) -> None:
+        """For methods that fuse feature maps: their spatial sizes must agree (MethodConfigError on archs)."""
+        try:
+            check_fusable(archs)
+        except ValueError as e:
+            raise MethodConfigError("archs", str(e)) from None
 
     @classmethod
     def outputs(cls, n: int, settings) -> list[str]:

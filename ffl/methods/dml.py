@@ -80,10 +80,6 @@ class DML(Method):
             terms |= self._peer_loss(i, z, [t for j, t in enumerate(subs) if j != i], targets, epoch)
         return dict(sorted(terms.items(), key=lambda kv: kv[0].startswith("kd")))
 
-    def _peer(self, j: int, images):
-        net = self.net
-        return net.heads[j](net.branches[j](net.trunk(images)))
-
     def train_step(self, images, targets, epoch, ctx):
         with ctx.autocast():
             logits = self.net(images)[1]
@@ -94,7 +90,7 @@ class DML(Method):
                 # The previous peer has just been updated: its prediction is recomputed, with batch
                 # statistics as in its own pass, without counting the batch twice in its running statistics.
                 with torch.no_grad(), ctx.autocast(), frozen_bn_statistics(self.net.branches[i - 1]):
-                    current[i - 1] = self._peer(i - 1, images)
+                    current[i - 1] = self.net.forward_one(i - 1, images)
             peer_terms = self._peer_loss(i, logits[i], [z for j, z in enumerate(current) if j != i], targets, epoch)
             ctx.update(sum(peer_terms.values()))
             terms |= peer_terms

@@ -22,7 +22,8 @@ from ffl.losses import cross_entropy
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
 from ffl.methods.settings import MethodConfigError, setting
-from ffl.models.subnetworks import Classifier, check_fusable
+from ffl.models.registry import backbone_spec
+from ffl.models.subnetworks import Classifier
 
 CODE = "ustc-vim/dualnet"
 
@@ -69,12 +70,7 @@ class DualNet(Method):
 
     @classmethod
     def check_settings(cls, archs, settings):
-        try:
-            check_fusable(archs)
-        except ValueError as e:
-            raise MethodConfigError("archs", str(e)) from None
-        from ffl.models import backbone_spec
-
+        cls.require_fusable(archs)
         if len({backbone_spec(a).out_channels for a in archs}) > 1:
             raise MethodConfigError("archs", "dualnet averages feature maps: their channel counts must match")
 

@@ -19,7 +19,6 @@ from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
 from ffl.methods.settings import MethodConfigError, setting
-from ffl.models.subnetworks import check_fusable
 
 CODE = "Jangho-Kim/FFL-pytorch"
 
@@ -76,10 +75,7 @@ class FFL(Method):
         if settings.ekd.enabled and not settings.fusion.enabled:
             raise MethodConfigError("ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
         if settings.fusion.enabled:
-            try:
-                check_fusable(archs)
-            except ValueError as e:
-                raise MethodConfigError("archs", str(e)) from None
+            cls.require_fusable(archs)
 
     @classmethod
     def outputs(cls, n, settings):

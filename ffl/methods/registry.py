@@ -39,12 +39,17 @@ def _legacy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def method_class(name: str) -> type:
+    """The registered class of ``name`` (``METHODS[name]`` with a message naming the known ones)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
 def build_method(spec: dict[str, Any]):
     """Rebuilds a method from the ``spec()`` saved with it."""
     spec = dict(spec)
-    name = spec.pop("method")
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
+    cls = method_class(spec.pop("method"))
     if "settings" not in spec:
-        spec["settings"] = _legacy(name, spec)
-    return METHODS[name](**spec)
+        spec["settings"] = _legacy(cls.name, spec)
+    return cls(**spec)

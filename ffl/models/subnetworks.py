@@ -97,5 +97,9 @@ class SubNetworks(nn.Module):
             main.wait_stream(stream)  # join
         return feats, logits
 
+    def forward_one(self, i: int, x):
+        """Sub-network ``i`` alone (shared layers included): its logits."""
+        return self.heads[i](self.branches[i](self.trunk(x)))
+
     def forward(self, x):
         return self.forward_branches(self.forward_trunk(x))

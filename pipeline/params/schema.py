@@ -76,6 +76,10 @@ class DataParams(Section):
         """The validation fraction prepare holds out: none under the paper's protocol."""
         return 0.0 if self.protocol == "paper" else self.val_fraction
 
+    def keep_last_batch(self) -> bool:
+        """Whether training keeps each epoch's last, smaller batch: the paper's protocol does."""
+        return self.protocol == "paper"
+
 
 def _known_arch(name: str) -> str:
     backbone_spec(name)  # ValueError names the known architectures
@@ -143,9 +147,7 @@ def _method_params() -> type[Section]:
     for name, cls in METHODS.items():
         section = settings_section(cls.Settings)
         fields[name] = (section, Field(default_factory=section))
-    model = create_model("MethodParams", __base__=Section, **fields)
-    model.selected = lambda self: getattr(self, self.name)
-    return model
+    return create_model("MethodParams", __base__=Section, **fields)
 
 
 MethodParams = _method_params()
@@ -206,7 +208,8 @@ class Params(Section):
 
     def settings(self):
         """The selected method's settings, as the method's own dataclass."""
-        return method_settings.build(self.method_class.Settings, self.method.selected().model_dump())
+        section = getattr(self.method, self.method.name)
+        return method_settings.build(self.method_class.Settings, section.model_dump())
 
     def archs(self) -> list[str]:
         m = self.model

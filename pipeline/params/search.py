@@ -113,6 +113,7 @@ class TuneParams(_Section):
 def check_tune(p, raw: dict) -> None:
     """The search, checked before Ray starts: the metric exists, every dimension is a param whose
     edge values the schema accepts."""
+    from ffl.methods import METHODS
     from pipeline.params.loading import moved_to, set_dotted, validate
     from pipeline.params.schema import method_outputs
 
@@ -132,8 +133,6 @@ def check_tune(p, raw: dict) -> None:
         new = moved_to(key, p.method.name)
         if new:
             raise ParamsError(f"tune.space.{key}", f"moved to tune.space.{new}")
-        from ffl.methods import METHODS
-
         if key.startswith("method.") and key.split(".")[1] in set(METHODS) - {p.method.name}:
             raise ParamsError(
                 f"tune.space.{key}", f"searches {key.split('.')[1]}'s settings, but method.name is {p.method.name}"
