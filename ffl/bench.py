@@ -299,16 +299,34 @@ def run(args) -> dict:
     return out
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, except those whose default is "decided at run time"."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ffl bench", description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--arch", default="resnet32")
-    p.add_argument("--subnets", type=int, default=2)
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=128)
+    p = argparse.ArgumentParser(
+        prog="ffl bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=_DefaultsHelp,
+    )
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to time (cpu, cuda, cuda:1)"
+    )
+    p.add_argument("--arch", default="resnet32", help="every sub-network's architecture")
+    p.add_argument("--subnets", type=int, default=2, help="number of FFL sub-networks")
+    p.add_argument("--num-classes", type=int, default=100, help="classifier width (CIFAR-100: 100)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (the paper's: 128)")
     p.add_argument("--steps", type=int, help="timed steps per measurement (default: 300 on a GPU, 20 on a CPU)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="the fast path's autocast (auto: bf16 where the device computes it natively); the reference is fp32",
+    )
     p.add_argument("--ref-workers", type=int, default=4, help="the reference DataLoader's workers (authors: 4)")
     p.add_argument(
         "--compile",
@@ -323,9 +341,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ablate", action="store_true", help="time precision and memory-format settings")
     p.add_argument("--scaling", action="store_true", help="images/s against batch size, depth, sub-networks")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512])
-    p.add_argument("--depths", nargs="+", default=["resnet20", "resnet32", "resnet56", "resnet110"])
-    p.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="--scaling: batch sizes")
+    depths = ["resnet20", "resnet32", "resnet56", "resnet110"]
+    p.add_argument("--depths", nargs="+", default=depths, help="--scaling: architectures")
+    p.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4], help="--scaling: numbers of sub-networks")
     p.add_argument("--json", help="also write the results as JSON to this file")
     return p
 

@@ -1,7 +1,7 @@
 """The training loop. It knows methods only through their contract (forward, loss, param_groups,
 and for methods with several updates per batch, train_step).
 
-Per epoch: one pass over the training loader, loss terms and accuracies summed on the device and
+Per epoch: one pass over the training loader, loss terms and correct counts summed on the device and
 read once at the end (no per-step host sync); a check that every term stayed finite; validation
 on the held-out split; a checkpoint written atomically; then the callbacks.
 """
@@ -111,7 +111,7 @@ class EpochSums:
         return group
 
     def read(self, epoch: int) -> dict[str, float]:
-        """Means of the losses, accuracies in %; raises NonFiniteLoss naming the first term that went bad."""
+        """Means of the losses, top-1 errors in %; raises NonFiniteLoss naming the first term that went bad."""
         groups = [g for g in self.groups.values() if g.count]
         if not groups:
             return {}
@@ -133,7 +133,7 @@ class EpochSums:
             step, name = min(first_bad)
             raise NonFiniteLoss(epoch, name.removeprefix("train/loss/"), sums[name] / counts[name], step)
         return {
-            name: total / counts[name] * (100.0 if name.startswith("train/acc/") else 1.0)
+            name: 100.0 - 100.0 * total / counts[name] if name.startswith("train/top1_err/") else total / counts[name]
             for name, total in sums.items()
         }
 
@@ -294,7 +294,7 @@ class Trainer:
         return total, terms, self._correct(outputs, y)
 
     def _step(self, x, y, epoch) -> EpochGroup:
-        """One optimisation step, its loss terms and accuracies added to the epoch's device-side sums."""
+        """One optimisation step, its loss terms and correct counts added to the epoch's device-side sums."""
         if self.method.own_step:
             total, terms, correct = self._own_step(x, y, epoch)
         else:
@@ -302,8 +302,8 @@ class Trainer:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/acc/{k}" for k in correct))
-        # Loss terms are batch means, weighted by the batch size here; accuracies are counts.
+        names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/top1_err/{k}" for k in correct))
+        # Loss terms are batch means, weighted by the batch size here; errors are summed as correct counts.
         losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])
         values = torch.cat([losses * len(y), torch.stack([c.float() for c in correct.values()])])
         return self.sums.add(names, values)
@@ -347,7 +347,7 @@ class Trainer:
             metrics["lr"] = lr
             if self.val_loader is not None and len(self.val_loader):
                 for name, errs in evaluate(self.method, self.val_loader, self.precision).items():
-                    metrics[f"val/acc/{name}"] = 100.0 - errs["top1_err"]
+                    metrics[f"val/top1_err/{name}"] = errs["top1_err"]
             metrics["epoch"] = epoch
             metrics["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,8 +27,24 @@ SetOpt = Annotated[
 ]
 
 
+def workspace_state() -> str:
+    """What a failed stage leaves behind when DVC ran it in this workspace, and the way back:
+    `dvc exp run -S` has already written its values into params.yaml, and DVC removes a stage's
+    outputs before running it. Empty outside DVC and in DVC's temporary copies (--temp, --queue)."""
+    root = os.environ.get("DVC_ROOT")
+    if not os.environ.get("DVC_STAGE") or not root or Path(root).resolve() != Path.cwd().resolve():
+        return ""
+    stage = os.environ["DVC_STAGE"]
+    if os.environ.get("DVC_EXP_NAME"):
+        return (
+            f" [workspace: `dvc exp run` wrote its -S values into params.yaml (`git checkout params.yaml`"
+            f" restores it) and removed {stage}'s outputs (`dvc checkout` restores the committed ones)]"
+        )
+    return f" [workspace: DVC removed {stage}'s outputs before running it (`dvc checkout` restores the committed ones)]"
+
+
 def fail(message: str, code: int = 2):
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {message}{workspace_state()}", err=True)
     raise typer.Exit(code)
 
 
@@ -55,6 +72,25 @@ def stage(fn):
             fail("interrupted; run the same command again to resume from the last finished epoch", 130)
 
     return wrapper
+
+
+def _version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        import torch
+
+        typer.echo(f"ffl {version('ffl')} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+):
+    pass  # the options every command shares; the help is the app's
 
 
 def _params(params: Path, overrides: list[str] | None):
@@ -111,7 +147,15 @@ def tune(
     resume: Annotated[bool, typer.Option(help="continue an interrupted search, keeping its finished trials")] = False,
     fresh: Annotated[bool, typer.Option(help="discard an earlier search in tune/ray and start over")] = False,
 ):
-    """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/."""
+    """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/.
+
+    Each trial trains tune.epochs epochs (null: train.epochs) and is scored by tune.metric
+    (minimised). tune/best_params.yaml and tune/best_overrides.txt both hold what the best trial
+    ran, the trial length included: `ffl train -p tune/best_params.yaml`, or
+    `dvc exp run $(cat tune/best_overrides.txt)`; change train.epochs there for a longer run.
+    tune/ holds plain files that git versions (no DVC stage deletes them);
+    `dvc exp save --include-untracked tune` records a search as an experiment.
+    """
     from pipeline.params import apply_overrides, read_yaml, validate
 
     overrides = list(set_ or []) + ([f"tune.trials={trials}"] if trials is not None else [])
@@ -119,7 +163,7 @@ def tune(
     p = validate(raw)
     from pipeline.tune import tune as run  # checks the search space before Ray starts
 
-    summary = run(p, raw, address=address, resume=resume, fresh=fresh)
+    summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=read_yaml(params))
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -23,6 +23,7 @@ from ffl.data import (
     load_imagefolder,
     load_imagenet,
     make_shapes,
+    prepared_provenance,
     split_loader,
 )
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
@@ -80,17 +81,31 @@ def prepare(params: Params, out: Path = paths.PREPARED) -> Dataset:
     except DatasetNotFound as e:
         raise UserError(f"data.root: {e}") from None
     ensure_writable(out)
-    data.save(out)
+    data.save(out, params.data.provenance())
     return data
 
 
-def load_prepared(directory: Path = paths.PREPARED) -> Dataset:
+def check_provenance(what: str, made_with: dict | None, params: Params, fix: str) -> None:
+    """``what`` (prepared data, a model) was made with the data params these params ask for."""
+    wanted = params.data.provenance()
+    if made_with is None:
+        raise UserError(f"{what}: made by an older version of ffl, with no record of its data params; {fix}")
+    differ = [k for k in wanted if made_with.get(k) != wanted[k]]
+    if differ:
+        then = ", ".join(f"{k}={made_with.get(k)}" for k in differ)
+        now = ", ".join(f"{k}={wanted[k]}" for k in differ)
+        raise UserError(f"{what}: made with {then}, but the params say {now}; {fix}")
+
+
+def load_prepared(params: Params, directory: Path = paths.PREPARED) -> Dataset:
+    """The prepared dataset, refused unless it was made from these params' data settings."""
     try:
         data = load_dataset(directory)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{directory}: prepared dataset is unreadable ({e}); run `ffl prepare` again") from None
+    check_provenance(str(directory), prepared_provenance(directory), params, "run `ffl prepare` (`dvc repro` runs it)")
     if isinstance(data, FileDataset):
         # The index holds paths, not pixels: found out here, not in a DataLoader worker mid-epoch.
         first = Path(data.root) / str(data.splits["train"].paths[0])
@@ -181,7 +196,7 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
 def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
     """Trains, checkpointing every epoch, resuming from the last checkpoint of the same configuration."""
     device = resolve_device(params.train.device)
-    data = load_prepared()
+    data = load_prepared(params)
     ensure_writable(paths.CHECKPOINTS)
     lock = FileLock(str(paths.LOCK))
     try:
@@ -206,7 +221,13 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
         save_model(
             trainer.method,
             paths.MODEL,
-            {"name": data.name, "classes": data.classes, "mean": list(data.mean), "std": list(data.std)},
+            {
+                "name": data.name,
+                "classes": data.classes,
+                "mean": list(data.mean),
+                "std": list(data.std),
+                "provenance": params.data.provenance(),
+            },
         )
         # The finished run lives on in the model file; a stale checkpoint would only block the next
         # configuration from starting.
@@ -220,21 +241,24 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
 
 
 def summarise(errors: dict[str, dict[str, float]]) -> dict:
+    """``{"test": {"top1_err": {classifier: %}, "top5_err": {...}}}``, the sub-networks' mean added:
+    named like the training curves (``val/top1_err/fused``), so `dvc exp show` columns line up."""
     subs = [v for k, v in errors.items() if k.startswith("sub")]
     out = dict(errors)
     if len(subs) > 1:
         out["sub_mean"] = {m: sum(s[m] for s in subs) / len(subs) for m in ("top1_err", "top5_err")}
-    return {name: {m: round(v, 4) for m, v in errs.items()} for name, errs in out.items()}
+    return {"test": {m: {name: round(errs[m], 4) for name, errs in out.items()} for m in ("top1_err", "top5_err")}}
 
 
 def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
     """Top-1/top-5 error of every classifier on the test split, written as DVC metrics."""
     device = resolve_device(params.train.device)
     try:
-        method, _ = load_model(paths.MODEL)
+        method, info = load_model(paths.MODEL)
     except CheckpointError as e:
         raise UserError(str(e)) from None
-    data = load_prepared()
+    data = load_prepared(params)
+    check_provenance(str(paths.MODEL), info.get("provenance"), params, "run `ffl train` (`dvc repro` runs it)")
     test = loader(params, data, "test", device)
     method.to(device)
     if params.train.channels_last:

@@ -119,12 +119,12 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
     else:
         scheduler = FIFOScheduler()
     sampler = (optuna.samplers.TPESampler if t.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=t.seed)
-    searcher = OptunaSearch(space=distributions(params), metric=t.metric, mode=t.mode, sampler=sampler)
+    searcher = OptunaSearch(space=distributions(params), metric=t.metric, mode="min", sampler=sampler)
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(
             metric=t.metric,
-            mode=t.mode,
+            mode="min",
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=t.trials,
@@ -137,7 +137,7 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
             # Two, not one: Ray's experiment snapshot may still name the previous checkpoint when
             # the driver dies, and --resume must find it on disk.
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[Progress(t.metric, t.mode, t.trials)],
+            callbacks=[Progress(t.metric, t.trials)],
             verbose=0,
         ),
     )
@@ -146,15 +146,15 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
 class Progress(ray.tune.Callback):
     """One line per finished trial: done / running / pending, and the best value so far."""
 
-    def __init__(self, metric: str, mode: str, total: int):
-        self.metric, self.mode, self.total = metric, mode, total
+    def __init__(self, metric: str, total: int):
+        self.metric, self.total = metric, total
         self.best = None
         self.ended: set[str] = set()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
         if isinstance(value, float) and math.isfinite(value):
-            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            better = self.best is None or value < self.best
             self.best = value if better else self.best
 
     def _line(self, trials, trial, what):
@@ -206,7 +206,24 @@ def trial_rows(results, params: Params) -> list[dict]:
     return rows
 
 
-def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR) -> dict:
+def changed_params(base: dict, ran: dict, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: value}`` for every param of ``ran`` that ``base`` (the params file the search
+    started from) does not hold, values written as `dvc exp run -S` and `ffl train -S` both parse
+    them (JSON: quoted strings, lists without spaces, so that `$(cat ...)` splits them whole)."""
+    out = {}
+    for key, value in ran.items():
+        if key == "tune" and not prefix:
+            continue
+        dotted = f"{prefix}{key}"
+        old = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict) and value:
+            out |= changed_params(old if isinstance(old, dict) else {}, value, dotted + ".")
+        elif not (isinstance(base, dict) and key in base and old == value and type(old) is type(value)):
+            out[dotted] = json.dumps(value, separators=(",", ":"))
+    return out
+
+
+def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR, base: dict | None = None) -> dict:
     import csv
     import io
 
@@ -225,17 +242,19 @@ def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR) -> d
         "failed": sum(r["status"].startswith("failed") for r in rows),
     }
     if scored:
-        best = (max if t.mode == "max" else min)(scored, key=lambda r: r["score"])
+        best = min(scored, key=lambda r: r["score"])
         best_config = {k: best[k] for k in t.dimensions()}
         summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
-        best_raw = apply_config(raw, best_config)
+        ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
+        pairs = changed_params(base if base is not None else raw, ran)
         atomic_write_text(
             out / "best_params.yaml",
-            f"# Best of {len(rows)} trials ({t.metric} = {best['score']:.4f}): `ffl train -p tune/best_params.yaml`\n"
-            + yaml.safe_dump(best_raw, sort_keys=False),
+            f"# What the best of {len(rows)} trials ran ({t.metric} = {best['score']:.4f}): "
+            "`ffl train -p tune/best_params.yaml`.\n"
+            f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: tune/best_overrides.txt\n"
+            + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
         )
-        overrides = " ".join(f"-S {k}={json.dumps(v)}" for k, v in best_config.items())
-        atomic_write_text(out / "best_overrides.txt", overrides + "\n")
+        atomic_write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_plots(rows, params, out / "plots")
     return summary
@@ -247,7 +266,7 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
 
     t = params.tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if t.mode == "max" else "minimize")
+    study = optuna.create_study(direction="minimize")
     dists = distributions(params)
     for r in rows:
         ok = not r["status"].startswith("failed") and math.isfinite(r["score"])
@@ -275,7 +294,16 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 
-def tune(params: Params, raw: dict, address: str | None = None, resume: bool = False, fresh: bool = False) -> dict:
+def tune(
+    params: Params,
+    raw: dict,
+    address: str | None = None,
+    resume: bool = False,
+    fresh: bool = False,
+    base: dict | None = None,
+) -> dict:
+    """The search. ``raw``: the params as the trials start from them (file + overrides); ``base``:
+    the params file alone, which tune/best_overrides.txt is relative to (default: ``raw``)."""
     from pipeline.params import check_tune
     from pipeline.stages import load_prepared
 
@@ -288,11 +316,11 @@ def tune(params: Params, raw: dict, address: str | None = None, resume: bool = F
         if not fresh:
             raise UserError(f"{experiment}: an earlier search is there; --resume continues it, --fresh discards it")
         shutil.rmtree(experiment)
-    data = load_prepared()
+    data = load_prepared(params)
     # Short trials checkpoint every few seconds; that is by design, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     tuner = build_tuner(params, raw, data, storage, resume)
     results = tuner.fit()
-    return write_results(results, params, raw)
+    return write_results(results, params, raw, base=base)

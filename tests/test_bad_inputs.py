@@ -39,7 +39,7 @@ def workdir(tmp_path, monkeypatch):
 def interrupted_checkpoint(workdir):
     """The checkpoint an interrupted run of the current params leaves after its first epoch."""
     params = load_params("params.yaml")
-    trainer = build_trainer(params, load_prepared(), torch.device("cpu"), [], paths.CHECKPOINT)
+    trainer = build_trainer(params, load_prepared(params), torch.device("cpu"), [], paths.CHECKPOINT)
     trainer.train_epoch(0)
     trainer.save_checkpoint(1)
     return paths.CHECKPOINT

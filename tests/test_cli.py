@@ -42,13 +42,22 @@ def test_prepare_train_evaluate(workdir):
     metrics = json.loads((workdir / "metrics/test.json").read_text())
     data = metrics.pop("data")
     assert data == {"train_images": 120, "protocol_paper": 0}  # 160 shapes less the 25% validation split
-    assert set(metrics) == {"sub0", "sub1", "ensemble", "fused", "sub_mean"}
-    assert all(0 <= m["top1_err"] <= 100 and m["top5_err"] <= m["top1_err"] for m in metrics.values())
+    top1, top5 = metrics["test"]["top1_err"], metrics["test"]["top5_err"]
+    assert set(top1) == set(top5) == {"sub0", "sub1", "ensemble", "fused", "sub_mean"}
+    assert all(0 <= top1[k] <= 100 and top5[k] <= top1[k] for k in top1)
+    # The curves use the same names as the test metrics: val/top1_err/<classifier>.
     live = json.loads((workdir / "dvclive/metrics.json").read_text())
-    assert live["step"] == 1 and {"sub0", "sub1", "ensemble", "fused"} <= set(live["val"]["acc"])
+    assert live["step"] == 1 and {"sub0", "sub1", "ensemble", "fused"} == set(live["val"]["top1_err"])
     assert {"ce_fused", "ekd", "fkd_sub0", "fkd_sub1", "total"} <= set(live["train"]["loss"])
-    tsv = (workdir / "dvclive/plots/metrics/lr.tsv").read_text().splitlines()
-    assert tsv[0].split("\t") == ["step", "lr"] and len(tsv) == 3
+    assert "time" not in live  # wall-clock time would change dvc.lock on every run
+    # The charts dvc.yaml declares: every classifier (train and validation) in one, epochs from 1.
+    points = json.loads((workdir / "dvclive/plots/custom/top1_err.json").read_text())
+    assert {(p["series"], p["split"]) for p in points} == {
+        (c, s) for c in ("sub0", "sub1", "ensemble", "fused") for s in ("train", "val")
+    }
+    assert sorted({p["epoch"] for p in points}) == [1, 2]
+    lr = json.loads((workdir / "dvclive/plots/custom/lr.json").read_text())
+    assert [p["value"] for p in lr] == pytest.approx([0.1, 0.01])
     # The artifact loads with weights_only and reproduces the evaluated numbers.
     raw = torch.load(workdir / "models/model.pt", weights_only=True)
     assert raw["spec"]["method"] == "ffl"
@@ -87,7 +96,7 @@ def test_other_params_file(workdir):
 def test_bad_params_stop_before_any_work_and_touch_nothing(workdir, args, message):
     assert ffl("prepare").exit_code == 0
     (workdir / "metrics").mkdir()
-    (workdir / "metrics/test.json").write_text('{"fused": {"top1_err": 1.0}}')
+    (workdir / "metrics/test.json").write_text('{"test": {"top1_err": {"fused": 1.0}}}')
     before = snapshot(workdir)
     result = ffl(*args)
     assert result.exit_code == 2
@@ -140,7 +149,7 @@ def test_image_folder_dataset_end_to_end(workdir):
     result = ffl("evaluate", *files)
     assert result.exit_code == 0, result.output
     metrics = json.loads((workdir / "metrics/test.json").read_text())
-    assert {"sub0", "sub1", "ensemble", "fused"} <= set(metrics)
+    assert {"sub0", "sub1", "ensemble", "fused"} <= set(metrics["test"]["top1_err"])
     _, info = load_model(workdir / "models/model.pt")
     assert info["name"] == "imagefolder" and info["classes"] == ["cat", "dog", "owl"]
     # The index points at the images; moved images are named before any work starts.
@@ -184,3 +193,69 @@ def test_bench_times_the_project_against_the_reference_in_one_run(tmp_path):
     ratio = float(rows[1][1]) / float(rows[0][1])  # from images/s as printed (rounded)
     assert float(rows[1][3].removesuffix("x")) == pytest.approx(ratio, rel=0.02)
     assert "Projected 300-epoch run" in result.output
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["-S", "data.source=cifar100"], "data.source=shapes, but the params say data.source=cifar100"),
+        (["-S", "data.shapes.noise=0.2"], "data.shapes.noise=0.1, but the params say data.shapes.noise=0.2"),
+        (["-S", "data.protocol=paper"], "data.val_fraction=0.25, but the params say data.val_fraction=0.0"),
+    ],
+)
+def test_training_refuses_prepared_data_of_other_params(workdir, change, named):
+    """A failed `ffl prepare` of another dataset must not train on what is still in data/prepared."""
+    assert ffl("prepare").exit_code == 0
+    before = snapshot(workdir)
+    result = ffl("train", *change)
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: data/prepared: made with {named}; run `ffl prepare`")
+    assert snapshot(workdir) == before
+
+
+def test_evaluation_refuses_a_model_of_other_data(workdir):
+    assert ffl("prepare").exit_code == 0 and ffl("train", "-S", "train.epochs=1").exit_code == 0
+    assert ffl("evaluate").exit_code == 0
+    # Data prepared again with another seed: the model was trained on other images.
+    assert ffl("prepare", "-S", "data.seed=1").exit_code == 0
+    before = snapshot(workdir)
+    result = ffl("evaluate", "-S", "data.seed=1")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: models/model.pt: made with data.seed=0, but the params say data.seed=1")
+    assert snapshot(workdir) == before  # metrics/test.json of the earlier evaluation kept
+
+
+def test_a_killed_prepare_leaves_no_dataset_described_by_the_previous_one(workdir, monkeypatch):
+    import numpy as np
+
+    assert ffl("prepare").exit_code == 0
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", killed)  # dies while writing the new arrays
+    assert ffl("prepare", "-S", "data.seed=1").exit_code == 130
+    result = ffl("train", "-S", "data.seed=1")
+    assert result.exit_code == 2 and "no prepared dataset" in result.output
+
+
+def test_plain_log_lines_off_a_terminal(workdir):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = [sys.executable, "-m", "pipeline"]
+    assert subprocess.run([*run, "prepare"], cwd=workdir, env=env, capture_output=True).returncode == 0
+    proc = subprocess.run([*run, "train"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert "val top-1 err sub0 " in lines[0] and " fused " in lines[0] and "lr 0.1 " in lines[0]
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr  # no bar, no escape codes
+
+
+def test_version_and_every_bench_option_described():
+    from importlib.metadata import version
+
+    assert ffl("--version").output.startswith(f"ffl {version('ffl')} (torch ")
+    from ffl.bench import parser
+
+    undocumented = [a.dest for a in parser()._actions if not a.help]
+    assert not undocumented

@@ -31,8 +31,6 @@ def repo(tmp_path_factory):
     for name in ("ffl", "pipeline"):
         shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d)
-    (d / "tune").mkdir()
-    shutil.copy(ROOT / "tune/dvc.yaml", d / "tune")
     raw = tiny_params()
     raw["tune"] = {
         "trials": 2,
@@ -44,19 +42,25 @@ def repo(tmp_path_factory):
     write_params(d, raw)
     (d / ".gitignore").write_text("__pycache__/\n/tune/ray/\n")
     run("git init -q && git config user.email t@t && git config user.name t", d)
-    run("dvc init -q && git add -A && git commit -qm init", d)
+    run("dvc init -q", d)
+    shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")  # the charts' template
+    run("git add -A && git commit -qm init", d)
     run("dvc repro -q", d)
     return Path(d)
 
 
 def test_dvc_repro_produces_metrics_plots_and_the_model_artifact(repo):
     metrics = json.loads(run("dvc metrics show --json", repo))
-    shown = json.dumps(metrics)
-    for key in ("fused", "ensemble", "sub0", "sub1", "sub_mean", "top1_err", "top5_err"):
-        assert key in shown
+    test = next(iter(metrics.values()))["data"]["metrics/test.json"]["data"]["test"]
+    assert set(test["top1_err"]) == set(test["top5_err"]) == {"sub0", "sub1", "ensemble", "fused", "sub_mean"}
+    # Three charts a person reads at a glance, not one per curve; each line one classifier or term.
     plots = json.loads(run("dvc plots show --json", repo))
     assert not plots.get("errors")
-    assert {"dvclive/plots/metrics/val/acc/fused.tsv", "dvclive/plots/metrics/train/loss/ekd.tsv"} <= set(plots["data"])
+    charts = {k.rsplit("/", 1)[-1]: v[0]["content"] for k, v in plots["data"].items()}
+    assert set(charts) == {"top1_err.json", "loss.json", "lr.json"}
+    series = {(p["series"], p["split"]) for p in charts["top1_err.json"]["data"]["values"]}
+    assert series == {(c, s) for c in ("sub0", "sub1", "ensemble", "fused") for s in ("train", "val")}
+    assert charts["loss.json"]["encoding"]["x"]["title"] == "epoch"
     from dvc.repo import Repo
 
     artifact = Repo(str(repo)).artifacts.read()["dvc.yaml"]["ffl-model"]
@@ -73,18 +77,48 @@ def test_dvc_exp_run_with_set_params_is_versioned(repo):
     assert "dml-exp" in text and '"dml"' in text
     # The workspace now holds the DML run: its metrics differ from the committed FFL baseline's.
     diff = json.loads(run("dvc metrics diff --json", repo))
-    assert "sub0.top1_err" in diff["metrics/test.json"]
+    assert "test.top1_err.sub0" in diff["metrics/test.json"]
     plots = json.loads(run("dvc plots show --json", repo))
-    assert not plots.get("errors") and "dvclive/plots/metrics/val/acc/sub1.tsv" in plots["data"]
+    assert not plots.get("errors")
+    values = next(v for k, v in plots["data"].items() if k.endswith("top1_err.json"))[0]["content"]["data"]["values"]
+    assert "fused" not in {p["series"] for p in values}  # DML has no fused classifier: its own chart, no gaps
 
 
-def test_the_search_is_a_dvc_stage_outside_the_default_pipeline(repo):
-    run("git checkout -- params.yaml", repo)  # back from the DML experiment to the FFL baseline
+def test_the_readme_compact_view_of_experiments(repo):
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("dvc exp show --drop"))
+    command = line.split("  #")[0].strip()
+    shown = run(f"COLUMNS=400 {command} --no-pager", repo)  # off a terminal Rich assumes 80
+    assert "test.top1_err.fused" in shown and "method.name" in shown and "dml-exp" in shown
+    assert max(len(x) for x in shown.splitlines()) < 200
+
+
+def test_a_failed_exp_run_says_what_state_the_workspace_is_in(repo):
+    run("git checkout -- . && git clean -fdq dvclive && dvc checkout -q", repo)  # the committed baseline
+    assert "up to date" in run("dvc status", repo)
+    proc = subprocess.run(
+        ["dvc", "exp", "run", "-S", "data.source=cifar10"], cwd=repo, capture_output=True, text=True, env=ENV
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "error: data.root: cifar10 not found" in out
+    assert "git checkout params.yaml" in out and "dvc checkout" in out
+    # ... and the way back it names works.
+    run("git checkout params.yaml && dvc checkout -q", repo)
+    assert "up to date" in run("dvc status", repo)
+
+
+def test_a_search_survives_every_later_dvc_command(repo):
+    run("git checkout -- . && git clean -fdq dvclive && dvc checkout -q", repo)
     assert "ffl tune" not in run("dvc repro --dry", repo)  # `dvc repro` (make repro) never starts a search
-    run("dvc repro -q tune/dvc.yaml", repo)
-    summary = json.loads((repo / "tune/summary.json").read_text())
-    assert summary["trials"] == 2 and "best_params" in summary
-    assert (repo / "tune/best_params.yaml").exists() and (repo / "tune/trials.csv").exists()
-    assert "didn't change" in run("dvc repro tune/dvc.yaml", repo)
-    # Running the stage again (params changed, or forced) starts a fresh search on its own.
-    run(["dvc", "repro", "-q", "-f", "tune/dvc.yaml"], repo)
+    run("ffl tune", repo)
+    results = {p: p.read_bytes() for p in (repo / "tune").rglob("*") if p.is_file() and "ray" not in p.parts}
+    assert {"best_params.yaml", "best_overrides.txt", "trials.csv", "summary.json"} <= {p.name for p in results}
+    overrides = (repo / "tune/best_overrides.txt").read_text().split()
+    run(["dvc", "exp", "run", "-q", *overrides], repo)
+    run(["dvc", "exp", "run", "-q", "-S", "seed=3"], repo)
+    assert "tune" not in run("dvc status", repo)
+    assert {p: p.read_bytes() for p in results} == results
+    # Versioned next to the experiments, as the README says.
+    run("dvc exp save -q -n search --include-untracked tune", repo)
+    assert "search" in json.dumps(json.loads(run("dvc exp show --json", repo)))

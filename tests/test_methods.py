@@ -299,7 +299,7 @@ def test_epoch_metrics_are_batch_weighted_means_and_percentages():
     metrics = Trainer(Fixed([TINY], 3), loader, TrainConfig(epochs=1, milestones=[])).train_epoch(0)
     assert metrics["train/loss/ce_sub0"] == pytest.approx(2.0)
     assert metrics["train/loss/total"] == pytest.approx(2.0)
-    assert metrics["train/acc/sub0"] == pytest.approx(60.0)
+    assert metrics["train/top1_err/sub0"] == pytest.approx(40.0)
 
 
 def test_a_captured_step_is_refused_where_it_cannot_replay_exactly():

@@ -156,7 +156,7 @@ def test_method_spec_carries_the_ablation_switches():
             "method.name is ffl",
         ),
         (["tune.scheduler.name=hyperopt"], "tune.scheduler.name", "'asha'"),
-        (["tune.metric=val/acc/fused", "method.name=dml"], "tune.metric", "dml reports"),
+        (["tune.metric=val/top1_err/fused", "method.name=dml"], "tune.metric", "dml reports"),
         (["data.val_fraction=0"], "data.val_fraction", "validation split"),
         (["tune.resources.gpu=-1"], "tune.resources.gpu", "greater than or equal to 0"),
     ],

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.params import load_params, read_yaml
+from pipeline.params import apply_overrides, load_params, read_yaml, validate
 from tests.helpers import tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -63,10 +63,14 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     from pipeline.stages import prepare
     from pipeline.tune import tune
 
-    write_params(workdir, search_params())
-    params = load_params("params.yaml")
+    raw = search_params()
+    raw["train"]["epochs"] = 5  # the full run's length; trials run tune.epochs = 2
+    write_params(workdir, raw)
+    base = read_yaml("params.yaml")
+    raw = apply_overrides(base, ["method.ffl.ce_weight=0.5"])  # as `ffl tune -S ...` passes it
+    params = validate(raw)
     prepare(params)
-    summary = tune(params, read_yaml("params.yaml"))
+    summary = tune(params, raw, base=base)
 
     rows = read_trials(workdir / "tune/trials.csv")
     assert len(rows) == 3 and summary["trials"] == 3
@@ -74,12 +78,23 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     assert "completed" in statuses
     diverged = [r for r in rows if r["status"].startswith("failed")]
     assert diverged and all("became non-finite" in r["status"] and r["train.lr"] == "1e+30" for r in diverged)
-    assert all(r["val/acc/fused"] for r in rows if r["status"] == "completed")
-    # The best params are a params file a training takes as it is, and -S pairs for dvc exp run.
+    assert all(r["val/top1_err/fused"] for r in rows if r["status"] == "completed")
+    # What the best trial ran, twice: a whole params file, and -S pairs over the file the search
+    # started from; both hold the -S given to the search and the trials' length.
     best = load_params(workdir / "tune/best_params.yaml")
     assert best.train.lr == 0.05 and best.settings().temperature == summary["best_params"]["method.ffl.temperature"]
-    overrides = (workdir / "tune/best_overrides.txt").read_text().split()
-    assert overrides[0] == "-S" and overrides[1].startswith("method.ffl.temperature=")
+    assert best.train.epochs == 2 and best.settings().ce_weight == 0.5
+    words = (workdir / "tune/best_overrides.txt").read_text().split()
+    assert words[::2] == ["-S"] * (len(words) // 2)
+    pairs = words[1::2]
+    assert {p.split("=")[0] for p in pairs} == {
+        "method.ffl.temperature",
+        "method.ffl.ce_weight",
+        "train.lr",
+        "train.epochs",
+    }
+    from_overrides = load_params("params.yaml", pairs)
+    assert from_overrides.model_dump(exclude={"tune"}) == best.model_dump(exclude={"tune"})
     assert (workdir / "tune/plots/optimization_history.html").stat().st_size > 1000
     assert json.loads((workdir / "tune/summary.json").read_text())["failed"] == len(diverged)
     # An earlier search is never silently replaced.
@@ -89,11 +104,11 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
 
 def test_trials_are_scored_on_validation_not_test(workdir):
     raw = search_params()
-    raw["tune"]["metric"] = "test/acc/fused"
+    raw["tune"]["metric"] = "test/top1_err/fused"
     write_params(workdir, raw)
     result = ffl(workdir, "tune")
     assert result.returncode == 2
-    assert result.stderr.startswith("error: tune.metric: ffl reports val/acc/sub0")
+    assert result.stderr.startswith("error: tune.metric: ffl reports val/top1_err/sub0")
 
 
 def test_killed_driver_resumes_keeping_finished_trials(workdir):

@@ -41,12 +41,13 @@ class ArrayDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, provenance: dict | None = None) -> None:
+        """``provenance``: what the dataset was made from (kept in meta.json for whoever loads it)."""
         arrays = {}
         for split, data in self.splits.items():
             arrays[f"{split}_images"] = data.images
             arrays[f"{split}_labels"] = data.labels
-        write_prepared(directory, "arrays.npz", arrays, prepared_meta(self, "arrays"))
+        write_prepared(directory, "arrays.npz", arrays, prepared_meta(self, "arrays", provenance))
 
     @classmethod
     def load(cls, directory: str | Path) -> ArrayDataset:
@@ -56,9 +57,10 @@ class ArrayDataset:
         })  # fmt: skip
 
 
-def prepared_meta(dataset, form: str) -> dict:
+def prepared_meta(dataset, form: str, provenance: dict | None) -> dict:
     """What ``meta.json`` says of a prepared dataset; ``format`` tells the loader which it is."""
     return {
+        "provenance": provenance,
         "format": form,
         "name": dataset.name,
         "classes": dataset.classes,
@@ -69,9 +71,12 @@ def prepared_meta(dataset, form: str) -> dict:
 
 
 def write_prepared(directory: str | Path, filename: str, arrays: dict, meta: dict, compress: bool = False) -> None:
-    """Writes the npz ``filename`` then ``meta.json`` (the commit point), each through a rename."""
+    """Writes the npz ``filename`` then ``meta.json`` (the commit point), each through a rename. The
+    old ``meta.json`` goes first: a kill part-way leaves no dataset, never new arrays described by
+    the previous dataset's metadata."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "meta.json").unlink(missing_ok=True)
     tmp = directory / f"{filename}.tmp"
     with open(tmp, "wb") as f:
         (np.savez_compressed if compress else np.savez)(f, **arrays)

@@ -51,13 +51,17 @@ class FileDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, provenance: dict | None = None) -> None:
         arrays = {}
         for split, data in self.splits.items():
             arrays[f"{split}_paths"] = data.paths.astype(str)  # fixed-width unicode: no pickle on load
             arrays[f"{split}_labels"] = data.labels
         write_prepared(
-            directory, "files.npz", arrays, prepared_meta(self, "files") | {"root": self.root}, compress=True
+            directory,
+            "files.npz",
+            arrays,
+            prepared_meta(self, "files", provenance) | {"root": self.root},
+            compress=True,
         )
 
     @classmethod

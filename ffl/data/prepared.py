@@ -28,6 +28,12 @@ def load_dataset(directory: str | Path) -> Dataset:
     raise ValueError(f"unknown prepared format {form!r}")
 
 
+def prepared_provenance(directory: str | Path) -> dict | None:
+    """What the prepared dataset in ``directory`` was made from, as its ``save`` was told."""
+    meta = Path(directory) / "meta.json"
+    return json.loads(meta.read_text()).get("provenance") if meta.exists() else None
+
+
 def split_loader(
     data: Dataset,
     split: str,

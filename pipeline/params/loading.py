@@ -4,6 +4,7 @@ and validation into the typed ``Params``."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,6 +36,8 @@ MOVED = {
     "fusion": "method.ffl.fusion",
     "train.fusion_weight_decay": "method.ffl.fusion.weight_decay",
 }
+# Keys that are gone, with why.
+REMOVED = {"tune.mode": "removed: tune.metric is a top-1 error (val/top1_err/...), always minimised"}
 
 
 def moved_to(key: str, method: str) -> str | None:
@@ -48,7 +51,7 @@ def moved_to(key: str, method: str) -> str | None:
 
 def _check_moved(raw: dict) -> None:
     method = raw.get("method", {}).get("name", "ffl") if isinstance(raw.get("method"), dict) else "ffl"
-    for old in MOVED:
+    for old in (*MOVED, *REMOVED):
         node = raw
         parts = old.split(".")
         for part in parts:
@@ -56,6 +59,8 @@ def _check_moved(raw: dict) -> None:
             if node is KeyError:
                 break
         else:
+            if old in REMOVED:
+                raise ParamsError(old, REMOVED[old])
             raise ParamsError(old, f"moved to {moved_to(old, method)} (each method has its own section)")
 
 
@@ -74,7 +79,9 @@ def set_dotted(raw: dict, key: str, value) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` assignments, values parsed as YAML: the syntax of ``dvc exp run -S``."""
+    """``raw`` with ``section.key=value`` assignments (values parsed as YAML: the syntax of ``dvc exp
+    run -S``) applied to a copy: the caller's params stay as they were read."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()

@@ -80,6 +80,16 @@ class DataParams(Section):
         """Whether training keeps each epoch's last, smaller batch: the paper's protocol does."""
         return self.protocol == "paper"
 
+    def provenance(self) -> dict:
+        """Every param that changes the prepared dataset, as dotted keys: prepare records it, train
+        and evaluate refuse prepared data (or a model) that was made with other values."""
+        out = {"data.source": self.source, "data.seed": self.seed, "data.val_fraction": self.split_fraction()}
+        if self.source == "shapes":
+            out |= {f"data.shapes.{k}": v for k, v in self.shapes.model_dump().items()}
+        elif self.source in ("imagenet", "imagefolder"):
+            out["data.root"] = self.root  # the index holds paths under it (CIFAR's files are md5-checked)
+        return out
+
 
 def _known_arch(name: str) -> str:
     backbone_spec(name)  # ValueError names the known architectures

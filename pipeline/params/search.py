@@ -85,8 +85,7 @@ def _parse_space(space: dict) -> dict[str, Dimension]:
 
 class TuneParams(_Section):
     trials: int = Field(50, ge=1)
-    metric: str = "val/acc/fused"  # on the validation split, never the test split
-    mode: Literal["max", "min"] = "max"
+    metric: str = "val/top1_err/fused"  # on the validation split, never the test split; minimised
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = Field(0, ge=0, lt=2**32)
     epochs: int | None = Field(None, ge=1)  # a trial's length; null = train.epochs
@@ -118,7 +117,7 @@ def check_tune(p, raw: dict) -> None:
     from pipeline.params.schema import method_outputs
 
     t = p.tune
-    metrics = [f"val/acc/{o}" for o in method_outputs(p)]
+    metrics = [f"val/top1_err/{o}" for o in method_outputs(p)]
     if t.metric not in metrics:
         raise ParamsError("tune.metric", f"{p.method.name} reports {', '.join(metrics)}; got {t.metric!r}")
     if p.data.split_fraction() == 0:
