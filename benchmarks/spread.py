@@ -48,7 +48,10 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             stages.train(params, fresh=True, progress=False)
             errors = stages.evaluate(params)["test"]["top1_err"]
+            live = json.loads(Path("dvclive/metrics.json").read_text())
             run = {"overrides": args.overrides, "seed": seed, "top1_err": errors}
+            # The last epoch's training and validation errors: is the spread under- or overfitting?
+            run["last_epoch"] = {s: live.get(s, {}).get("top1_err", {}).get("fused") for s in ("train", "val")}
             run["seconds"] = round(time.perf_counter() - start, 1)
             runs.append(run)
             print(json.dumps(run), flush=True)

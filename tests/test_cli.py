@@ -260,3 +260,16 @@ def test_version_and_every_bench_option_described():
 
     undocumented = [a.dest for a in parser()._actions if not a.help]
     assert not undocumented
+
+
+def test_dvc_yaml_declares_every_chart_training_writes():
+    import yaml
+
+    from pipeline.callbacks import CHARTS
+    from tests.helpers import ROOT
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    declared = {next(iter(plot)) for plot in dvc["plots"]}
+    assert declared == {f"dvclive/plots/custom/{name}.json" for name in CHARTS}
+    assert all(next(iter(plot.values()))["template"] == "series" for plot in dvc["plots"])
+    assert (ROOT / ".dvc/plots/series.json").exists()
