@@ -62,14 +62,13 @@ def kill_after(cwd: Path, sig, epoch: int) -> subprocess.Popen:
 
 
 def curves(cwd: Path) -> dict:
-    root = cwd / "dvclive/plots/metrics"
-    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.tsv") if "time" not in p.parts}
+    root = cwd / "dvclive/plots"  # DVCLive's per-metric curves and the three charts
+    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
 
 
 def final(cwd: Path) -> dict:
     assert ffl(cwd, "evaluate").returncode == 0
     live = json.loads((cwd / "dvclive/metrics.json").read_text())
-    live.pop("time")
     return {"test": json.loads((cwd / "metrics/test.json").read_text()), "live": live, "curves": curves(cwd)}
 
 
