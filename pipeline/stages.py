@@ -171,9 +171,10 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
     method = build_method(method_spec(params, data.num_classes))
     t = params.train
     if t.batch_size > len(data.splits["train"]):
-        raise UserError(
-            f"train.batch_size: {t.batch_size} is larger than the training split ({len(data.splits['train'])})"
-        )
+        held = params.data.split_fraction()
+        size = f"{len(data.splits['train'])} images"
+        size += f", after data.val_fraction={held} of the training set was held out" if held else ""
+        raise UserError(f"train.batch_size: {t.batch_size} is larger than the training split ({size})")
     mode = run_step_mode(params, device)
     train_loader = loader(params, data, "train", device, train=True)
     val = data.splits.get("val")

@@ -294,6 +294,20 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 
+def check_resources(params: Params) -> None:
+    """Ray queues a trial that no node can hold and waits for it forever: refuse it before it starts."""
+    r = params.tune.resources
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= r.cpu and n.get("GPU", 0) >= r.gpu for n in nodes):
+        return
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
+    key = "tune.resources.gpu" if r.gpu and not any(n.get("GPU", 0) >= r.gpu for n in nodes) else "tune.resources.cpu"
+    raise UserError(
+        f"{key}: a trial asks for {r.cpu:g} CPUs and {r.gpu:g} GPUs, but no node of the Ray cluster has them "
+        f"(nodes: {have}); lower it, or add such a node"
+    )
+
+
 def tune(
     params: Params,
     raw: dict,
@@ -312,15 +326,16 @@ def tune(
     experiment = storage / EXPERIMENT
     if resume and not experiment.exists():
         raise UserError(f"{experiment}: no search to resume")
-    if experiment.exists() and not resume:
-        if not fresh:
-            raise UserError(f"{experiment}: an earlier search is there; --resume continues it, --fresh discards it")
-        shutil.rmtree(experiment)
+    if experiment.exists() and not resume and not fresh:
+        raise UserError(f"{experiment}: an earlier search is there; --resume continues it, --fresh discards it")
     data = load_prepared(params)
     # Short trials checkpoint every few seconds; that is by design, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    check_resources(params)
+    if experiment.exists() and fresh and not resume:  # discarded only once the new search can start
+        shutil.rmtree(experiment)
     tuner = build_tuner(params, raw, data, storage, resume)
     results = tuner.fit()
     return write_results(results, params, raw, base=base)

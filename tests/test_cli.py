@@ -273,3 +273,13 @@ def test_dvc_yaml_declares_every_chart_training_writes():
     assert declared == {f"dvclive/plots/custom/{name}.json" for name in CHARTS}
     assert all(next(iter(plot.values()))["template"] == "series" for plot in dvc["plots"])
     assert (ROOT / ".dvc/plots/series.json").exists()
+
+
+def test_a_training_split_smaller_than_a_batch_names_the_held_out_fraction(workdir):
+    assert ffl("prepare", "-S", "data.val_fraction=0.95").exit_code == 0
+    result = ffl("train", "-S", "data.val_fraction=0.95")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: train.batch_size: 32 is larger than the training split "
+        "(10 images, after data.val_fraction=0.95 of the training set was held out)"
+    )

@@ -202,3 +202,24 @@ def test_cpu_runs_are_eager():
         p = validate(apply_overrides(tiny_params(), [f"method.name={method}"]))
         mode = run_step_mode(p, torch.device("cpu"))
         assert (mode.cuda_graph, mode.compile) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "expected"),
+    [(1, [1, 1]), (2, [1, 2]), (3, [2, 2]), (5, [3, 4]), (20, [10, 15]), (300, [150, 225])],
+)
+def test_lr_drops_are_never_at_epoch_zero_and_halves_round_up(epochs, expected):
+    p = validate(apply_overrides(tiny_params(), [f"train.epochs={epochs}"]))
+    assert p.train.milestone_epochs() == expected
+
+
+def test_a_one_epoch_run_trains_at_the_configured_lr():
+    import torch
+
+    from ffl.data import make_shapes
+    from pipeline.stages import build_trainer
+
+    p = validate(apply_overrides(tiny_params(), ["train.epochs=1", "train.lr=0.05"]))
+    data = make_shapes(16, 6, 0.25)
+    (metrics,) = build_trainer(p, data, torch.device("cpu")).fit()
+    assert metrics["lr"] == 0.05

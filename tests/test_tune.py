@@ -102,6 +102,28 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
         tune(params, read_yaml("params.yaml"))
 
 
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"cpu": 1, "gpu": 1}, "error: tune.resources.gpu: a trial asks for 1 CPUs and 1 GPUs, but no node"),
+        ({"cpu": 64, "gpu": 0}, "error: tune.resources.cpu: a trial asks for 64 CPUs and 0 GPUs, but no node"),
+    ],
+)
+def test_resources_no_node_has_are_refused_instead_of_waiting_forever(workdir, ray_session, resources, message):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    write_params(workdir, search_params(resources=resources))
+    assert ffl(workdir, "prepare").returncode == 0
+    (workdir / "tune/ray/search").mkdir(parents=True)
+    (workdir / "tune/ray/search/earlier").write_text("an earlier search")
+    result = CliRunner().invoke(app, ["tune", "--fresh"])  # in this process: the module's Ray
+    assert result.exit_code == 2
+    assert result.output.startswith(message) and "(nodes: 2 CPUs, 0 GPUs)" in result.output
+    assert (workdir / "tune/ray/search/earlier").exists()  # --fresh discards nothing before a search can start
+
+
 def test_trials_are_scored_on_validation_not_test(workdir):
     raw = search_params()
     raw["tune"]["metric"] = "test/top1_err/fused"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -196,7 +197,9 @@ class TrainParams(Section):
         return m
 
     def milestone_epochs(self) -> list[int]:
-        return [round(f * self.epochs) for f in self.milestones]
+        """The epochs at which the lr drops, nearest to the fractions (halves up), never epoch 0:
+        a one-epoch run trains at train.lr, not already at lr x gamma."""
+        return [max(1, math.floor(f * self.epochs + 0.5)) for f in self.milestones]
 
 
 class EvaluateParams(Section):
