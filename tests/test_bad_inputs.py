@@ -155,3 +155,35 @@ def test_non_finite_loss_stops_with_epoch_and_term_keeping_the_last_good_checkpo
 def test_diverging_run_exits_1_naming_the_epoch(workdir):
     exit_code, output = ffl("train", "-S", "train.lr=1e30", "-S", "train.momentum=0.99")
     assert exit_code == 1 and "became non-finite at step" in output and "of epoch 0" in output
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BOMB, "expands to more than 100000 values (YAML aliases?)"),  # 10^9 values once expanded
+        ("a: &a [1, *a]\n", "expands to more than 100000 values"),  # a cycle
+        ("x: " + "[" * 5000 + "]" * 5000 + "\n", "params.yaml: "),  # deep nesting: no RecursionError
+        ("x: 1\n" + "#" * (1 << 20), "bytes; a params file is at most 1048576"),
+    ],
+)
+def test_params_files_that_are_no_params_files(workdir, text, message):
+    (workdir / "params.yaml").write_text(text)
+    before = snapshot(workdir)
+    code, out = ffl("train")
+    assert code == 2 and out.startswith("error: params.yaml: ") and message in out and "\n" not in out
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "fifo"])
+def test_a_device_or_pipe_as_params_ends_at_once(workdir, path):
+    import os
+
+    if path == "fifo":
+        os.mkfifo(workdir / "fifo")  # nobody writes to it: reading it would block forever
+    code, out = ffl("train", "-p", path)
+    assert code == 2 and out == f"error: {path}: not a regular file"

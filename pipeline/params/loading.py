@@ -5,6 +5,7 @@ and validation into the typed ``Params``."""
 from __future__ import annotations
 
 import copy
+import stat
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -95,9 +96,32 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+MAX_BYTES = 1 << 20  # a params file is a few KB; anything near this is not one
+MAX_VALUES = 100_000  # keys and values once YAML aliases are expanded (a "billion laughs" file has 10^9)
+
+
+def expanded_size(node, memo: dict | None = None) -> int:
+    """How many keys and values ``node`` holds with every alias expanded, counted in time linear in
+    the file (aliases are shared objects: each is sized once); a cycle counts as too many."""
+    memo = {} if memo is None else memo
+    if not isinstance(node, (dict, list)):
+        return 1
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_VALUES + 1  # seen again before it is sized: a cycle
+    children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+    memo[id(node)] = size = 1 + sum(expanded_size(c, memo) for c in children)
+    return size
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            raise ParamsError("", f"{path}: not a regular file")
+        if info.st_size > MAX_BYTES:
+            raise ParamsError("", f"{path}: {info.st_size} bytes; a params file is at most {MAX_BYTES}")
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError("", f"{path}: params file not found") from None
@@ -107,10 +131,15 @@ def read_yaml(path: str | Path) -> dict:
         raise ParamsError("", f"{path}: cannot read params file ({e.strerror})") from None
     try:
         raw = parse_yaml(text)
+        too_big = expanded_size(raw) > MAX_VALUES
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ParamsError("", f"{path}: malformed YAML{where}: {_problem(e)}") from None
+    except RecursionError:
+        raise ParamsError("", f"{path}: nested too deeply") from None
+    if too_big:
+        raise ParamsError("", f"{path}: expands to more than {MAX_VALUES} values (YAML aliases?)")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
