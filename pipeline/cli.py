@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -68,6 +68,8 @@ def stage(fn):
             fail(str(e), 2)
         except TrainingFailed as e:
             fail(str(e), 1)
+        except Interrupted as e:
+            fail(str(e), 130)
         except KeyboardInterrupt:
             fail("interrupted; run the same command again to resume from the last finished epoch", 130)
 

@@ -11,3 +11,7 @@ class ParamsError(UserError):
     def __init__(self, key: str, reason: str):
         super().__init__(f"{key}: {reason}" if key else reason)
         self.key, self.reason = key, reason
+
+
+class Interrupted(Exception):
+    """Stopped by Ctrl-C or SIGTERM with its work kept: said in one line with how to go on, exit 130."""

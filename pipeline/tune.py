@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import yaml
 from ffl.callbacks import Callback
 from ffl.checkpoint import atomic_save, atomic_write_text
 from ffl.engine import NonFiniteLoss
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from pipeline.params import Params, set_dotted, validate
 
 TUNE_DIR = Path("tune")
@@ -337,5 +338,12 @@ def tune(
     if experiment.exists() and fresh and not resume:  # discarded only once the new search can start
         shutil.rmtree(experiment)
     tuner = build_tuner(params, raw, data, storage, resume)
+    # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own
+    # handler lets the running trials checkpoint and saves the search's state (Ray's would dump a
+    # C++ stack and leave the state as it was).
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < params.tune.trials:
+        # The results in tune/ stay those of the last finished search.
+        raise Interrupted(f"{experiment}: search interrupted, finished trials kept; `ffl tune --resume` continues it")
     return write_results(results, params, raw, base=base)

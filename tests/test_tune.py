@@ -175,3 +175,41 @@ def test_killed_driver_resumes_keeping_finished_trials(workdir):
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
     assert first_id in {r["trial_id"] for r in rows}
     assert (trial_dir / "result.json").read_text() == reports_before  # finished trial not run again
+
+
+def test_sigterm_ends_the_search_cleanly_and_it_resumes(workdir):
+    write_params(
+        workdir,
+        search_params(
+            trials=3,
+            max_concurrent=1,
+            epochs=3,
+            space={"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}},
+        ),
+    )
+    assert ffl(workdir, "prepare").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "tune"],
+        cwd=workdir,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "finished: 1/3 done" in line:
+            break
+        assert time.time() < deadline
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "error: tune/ray/search: search interrupted, finished trials kept; `ffl tune --resume` continues it"
+    )
+    assert "Traceback" not in err and "Stack trace" not in err
+    assert not (workdir / "tune/trials.csv").exists()  # no table of a partial search
+    resumed = ffl(workdir, "tune", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = read_trials(workdir / "tune/trials.csv")
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
