@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -207,21 +208,27 @@ def trial_rows(results, params: Params) -> list[dict]:
     return rows
 
 
-def changed_params(base: dict, ran: dict, prefix: str = "") -> dict[str, str]:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; an empty mapping stays a value."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_params(base: dict, ran: dict) -> dict[str, str]:
     """``{dotted key: value}`` for every param of ``ran`` that ``base`` (the params file the search
     started from) does not hold, values written as `dvc exp run -S` and `ffl train -S` both parse
     them (JSON: quoted strings, lists without spaces, so that `$(cat ...)` splits them whole)."""
-    out = {}
-    for key, value in ran.items():
-        if key == "tune" and not prefix:
-            continue
-        dotted = f"{prefix}{key}"
-        old = base.get(key) if isinstance(base, dict) else None
-        if isinstance(value, dict) and value:
-            out |= changed_params(old if isinstance(old, dict) else {}, value, dotted + ".")
-        elif not (isinstance(base, dict) and key in base and old == value and type(old) is type(value)):
-            out[dotted] = json.dumps(value, separators=(",", ":"))
-    return out
+    old = flatten(base)
+    return {
+        key: json.dumps(value, separators=(",", ":"))
+        for key, value in flatten(ran).items()
+        if not key.startswith("tune.") and (key not in old or old[key] != value or type(old[key]) is not type(value))
+    }
 
 
 def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR, base: dict | None = None) -> dict:
@@ -295,6 +302,36 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 
+def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """A cluster address that nothing answers on: Ray would retry for minutes; say so at once."""
+    if not address or address in ("auto", "local"):
+        return  # a local Ray, or the one this machine runs (Ray itself says when there is none)
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--address: {address!r} is not host:port (or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(
+            f"--address: no Ray cluster answers at {host}:{port} ({e.strerror or e}); start one with "
+            "`ray start --head`, or check the address (and RAY_ADDRESS)"
+        ) from None
+
+
+def check_same_search(experiment: Path, started_with: dict, now: dict) -> None:
+    """A resumed search runs the params it started with: otherwise one table would rank trials of
+    two configurations."""
+    before, after = flatten(started_with), flatten(now)
+    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {before.get(k)} -> {after.get(k)}" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UserError(
+            f"{experiment}: was started with other params ({shown}{more}); resume it with those, "
+            "or start a new search with --fresh"
+        )
+
+
 def check_resources(params: Params) -> None:
     """Ray queues a trial that no node can hold and waits for it forever: refuse it before it starts."""
     r = params.tune.resources
@@ -325,18 +362,24 @@ def tune(
     check_tune(params, raw)
     storage = TUNE_DIR / "ray"
     experiment = storage / EXPERIMENT
+    record = storage / f"{EXPERIMENT}.params.json"  # what the search runs: --resume must run the same
     if resume and not experiment.exists():
         raise UserError(f"{experiment}: no search to resume")
     if experiment.exists() and not resume and not fresh:
         raise UserError(f"{experiment}: an earlier search is there; --resume continues it, --fresh discards it")
+    if resume and record.exists():
+        check_same_search(experiment, json.loads(record.read_text()), params.model_dump(mode="json"))
     data = load_prepared(params)
     # Short trials checkpoint every few seconds; that is by design, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
+        check_reachable(address or os.environ.get("RAY_ADDRESS"))
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     check_resources(params)
-    if experiment.exists() and fresh and not resume:  # discarded only once the new search can start
-        shutil.rmtree(experiment)
+    if not resume:  # the earlier search is discarded only now, when the new one can start
+        shutil.rmtree(experiment, ignore_errors=True)
+        storage.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(params.model_dump(mode="json"), indent=2) + "\n")
     tuner = build_tuner(params, raw, data, storage, resume)
     # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own
     # handler lets the running trials checkpoint and saves the search's state (Ray's would dump a

@@ -213,3 +213,33 @@ def test_sigterm_ends_the_search_cleanly_and_it_resumes(workdir):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = read_trials(workdir / "tune/trials.csv")
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+
+
+def test_an_address_nothing_answers_on_fails_at_once(workdir):
+    import socket
+
+    write_params(workdir, search_params())
+    assert ffl(workdir, "prepare").returncode == 0
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.time()
+    result = ffl(workdir, "tune", "--address", f"127.0.0.1:{port}")
+    assert result.returncode == 2 and time.time() - start < 60
+    assert result.stderr.startswith(f"error: --address: no Ray cluster answers at 127.0.0.1:{port}")
+    assert not (workdir / "tune").exists()
+
+
+def test_resuming_with_other_params_is_refused(workdir):
+    write_params(workdir, search_params(trials=1, epochs=1))
+    assert ffl(workdir, "prepare").returncode == 0
+    assert ffl(workdir, "tune").returncode == 0
+    table = (workdir / "tune/trials.csv").read_text()
+    result = ffl(workdir, "tune", "--resume", "-S", "train.momentum=0.5")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: tune/ray/search: was started with other params (train.momentum: 0.9 -> 0.5); "
+        "resume it with those, or start a new search with --fresh"
+    )
+    assert (workdir / "tune/trials.csv").read_text() == table
+    assert ffl(workdir, "tune", "--resume").returncode == 0  # the same params resume
