@@ -34,13 +34,19 @@ TUNE_DIR = Path("tune")
 EXPERIMENT = "search"
 
 
+# The schedulers' clock: epochs the trial has finished, reported by the trial itself (Ray's
+# training_iteration counts reports, and a trial restored from its checkpoint counts again).
+CLOCK = "epochs_done"
+
+
 class ReportToTune(Callback):
     """Each epoch: a checkpoint and the epoch's metrics to Ray Tune."""
 
     def on_epoch_end(self, trainer, epoch, metrics):
         with tempfile.TemporaryDirectory() as d:
             atomic_save(trainer.state_dict(epoch + 1), Path(d) / "last.pt")
-            ray.tune.report(dict(metrics), checkpoint=ray.tune.Checkpoint.from_directory(d))
+            report = dict(metrics) | {CLOCK: epoch + 1}
+            ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
 def trial(config: dict, raw: dict, data, metric: str) -> None:
@@ -63,7 +69,7 @@ def trial(config: dict, raw: dict, data, metric: str) -> None:
     except NonFiniteLoss as e:
         # Ray retries a trial that raises; a divergence is deterministic, so the trial ends here,
         # failed with its reason (Optuna records the NaN score as a failed trial).
-        ray.tune.report({metric: float("nan"), "diverged": str(e)})
+        ray.tune.report({metric: float("nan"), "diverged": str(e), CLOCK: e.epoch})
 
 
 def apply_config(raw: dict, config: dict) -> dict:
@@ -111,13 +117,13 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
     epochs = t.epochs or params.train.epochs
     if t.scheduler.name == "asha":
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr=CLOCK,
             max_t=epochs,
             grace_period=min(t.scheduler.grace_period, epochs),
             reduction_factor=t.scheduler.reduction_factor,
         )
     elif t.scheduler.name == "median":
-        scheduler = MedianStoppingRule(time_attr="training_iteration", grace_period=t.scheduler.grace_period)
+        scheduler = MedianStoppingRule(time_attr=CLOCK, grace_period=t.scheduler.grace_period)
     else:
         scheduler = FIFOScheduler()
     sampler = (optuna.samplers.TPESampler if t.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=t.seed)
@@ -187,9 +193,8 @@ def trial_rows(results, params: Params) -> list[dict]:
     epochs = t.epochs or params.train.epochs
     for i, r in enumerate(results):
         metrics = r.metrics or {}
-        done = metrics.get("training_iteration", 0)
+        done = metrics.get(CLOCK, 0)
         if "diverged" in metrics:
-            done -= 1  # the divergence report is not an epoch
             status = f"failed: {metrics['diverged']}"
         elif r.error is not None:
             status = f"failed: {str(r.error).strip().splitlines()[-1][:300]}"

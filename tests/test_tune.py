@@ -78,6 +78,8 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     assert "completed" in statuses
     diverged = [r for r in rows if r["status"].startswith("failed")]
     assert diverged and all("became non-finite" in r["status"] and r["train.lr"] == "1e+30" for r in diverged)
+    assert all(r["epochs"] == "0" for r in diverged)  # its first epoch never finished
+    assert all(r["epochs"] == "2" for r in rows if r["status"] == "completed")
     assert all(r["val/top1_err/fused"] for r in rows if r["status"] == "completed")
     # What the best trial ran, twice: a whole params file, and -S pairs over the file the search
     # started from; both hold the -S given to the search and the trials' length.
@@ -173,6 +175,7 @@ def test_killed_driver_resumes_keeping_finished_trials(workdir):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = read_trials(workdir / "tune/trials.csv")
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+    assert all(r["epochs"] == "3" for r in rows)  # the trial's own epoch count, across the restore
     assert first_id in {r["trial_id"] for r in rows}
     assert (trial_dir / "result.json").read_text() == reports_before  # finished trial not run again
 
