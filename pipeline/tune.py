@@ -37,6 +37,7 @@ EXPERIMENT = "search"
 # The schedulers' clock: epochs the trial has finished, reported by the trial itself (Ray's
 # training_iteration counts reports, and a trial restored from its checkpoint counts again).
 CLOCK = "epochs_done"
+DIVERGED_SCORE = 100.0  # top-1 error (%) of a trial whose loss diverged: the worst, for the sampler
 
 
 class ReportToTune(Callback):
@@ -68,8 +69,9 @@ def trial(config: dict, raw: dict, data, metric: str) -> None:
         trainer.fit()
     except NonFiniteLoss as e:
         # Ray retries a trial that raises; a divergence is deterministic, so the trial ends here,
-        # failed with its reason (Optuna records the NaN score as a failed trial).
-        ray.tune.report({metric: float("nan"), "diverged": str(e), CLOCK: e.epoch})
+        # failed with its reason. It reports the worst error there is, not NaN: Optuna records NaN
+        # as a failed trial, which TPE ignores and would keep sampling the same region.
+        ray.tune.report({metric: DIVERGED_SCORE, "diverged": str(e), CLOCK: e.epoch})
 
 
 def apply_config(raw: dict, config: dict) -> dict:

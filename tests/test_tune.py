@@ -79,6 +79,8 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     diverged = [r for r in rows if r["status"].startswith("failed")]
     assert diverged and all("became non-finite" in r["status"] and r["train.lr"] == "1e+30" for r in diverged)
     assert all(r["epochs"] == "0" for r in diverged)  # its first epoch never finished
+    # The sampler saw the worst error, not NaN (which TPE ignores as a failed trial).
+    assert all(float(r["score"]) == 100.0 for r in diverged)
     assert all(r["epochs"] == "2" for r in rows if r["status"] == "completed")
     assert all(r["val/top1_err/fused"] for r in rows if r["status"] == "completed")
     # What the best trial ran, twice: a whole params file, and -S pairs over the file the search
