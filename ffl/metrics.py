@@ -14,27 +14,44 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
     return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
+def _batches(method, loader, precision: str, progress):
+    """``(outputs, targets)`` per batch, in eval mode (the method's mode is restored afterwards)."""
+    was_training = method.training
+    method.eval()
+    try:
+        for x, y in progress(loader) if progress else loader:
+            with autocast(loader.device, precision):
+                outputs = method(x)
+            yield outputs, y
+    finally:
+        method.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(method, loader, precision: str = "fp32", progress=None) -> dict[str, dict[str, float]]:
     """``{output: {"top1_err": %, "top5_err": %}}`` for every classifier the method returns.
 
     ``progress``: an optional wrapper over the batches (a progress bar), called as ``progress(loader)``.
     """
-    was_training = method.training
-    method.eval()
     correct: dict[str, torch.Tensor] = {}
     n = 0
-    device = loader.device
-    for x, y in progress(loader) if progress else loader:
-        with autocast(device, precision):
-            outputs = method(x)
+    for outputs, y in _batches(method, loader, precision, progress):
         for name, logits in outputs.items():
             c = torch.stack(topk_correct(logits.float(), y))
             correct[name] = correct[name] + c if name in correct else c
         n += len(y)
-    method.train(was_training)
     result = {}
     for name, c in correct.items():
         top1, top5 = c.tolist()
         result[name] = {"top1_err": 100.0 * (1 - top1 / n), "top5_err": 100.0 * (1 - top5 / n)}
     return result
+
+
+@torch.no_grad()
+def predictions(method, loader, output: str, precision: str = "fp32", progress=None) -> tuple[list[int], list[int]]:
+    """``(targets, predicted classes)`` of classifier ``output`` over the loader, in order."""
+    targets, predicted = [], []
+    for outputs, y in _batches(method, loader, precision, progress):
+        targets.append(y)
+        predicted.append(outputs[output].argmax(dim=1))
+    return torch.cat(targets).tolist(), torch.cat(predicted).tolist()

@@ -9,3 +9,4 @@ CHECKPOINT = CHECKPOINTS / "last.pt"
 LOCK = CHECKPOINTS / ".lock"
 DVCLIVE = Path("dvclive")
 TEST_METRICS = Path("metrics/test.json")
+CONFUSION = Path("plots/confusion.json")

@@ -29,6 +29,7 @@ from ffl.data import (
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import build_method
 from ffl.metrics import evaluate as evaluate_method
+from ffl.metrics import predictions
 from ffl.precision import resolve_precision
 from ffl.step_mode import StepMode, StepModeError, step_mode
 from pipeline import paths
@@ -251,7 +252,7 @@ def summarise(errors: dict[str, dict[str, float]]) -> dict:
     return {"test": {m: {name: round(errs[m], 4) for name, errs in out.items()} for m in ("top1_err", "top5_err")}}
 
 
-def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
+def evaluate(params: Params, out: Path = paths.TEST_METRICS, confusion: Path = paths.CONFUSION) -> dict:
     """Top-1/top-5 error of every classifier on the test split, written as DVC metrics."""
     device = resolve_device(params.train.device)
     try:
@@ -268,6 +269,12 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS) -> dict:
     result = summarise(evaluate_method(method, test, precision, progress=progress_bar("evaluating")))
     # Which protocol the numbers come from, visible next to them (dvc metrics show).
     result["data"] = {"train_images": len(data.splits["train"]), "protocol_paper": int(params.data.protocol == "paper")}
-    ensure_writable(out.parent)
+    # The confusion matrix of the classifier a user deploys: fused, else the ensemble, else the one.
+    outputs = result["test"]["top1_err"]
+    shown = next(name for name in ("fused", "ensemble", "sub0") if name in outputs)
+    actual, predicted = predictions(method, test, shown, precision, progress=progress_bar("confusion"))
+    rows = [{"actual": data.classes[a], "predicted": data.classes[p]} for a, p in zip(actual, predicted)]
+    ensure_writable(out.parent, confusion.parent)
+    atomic_write_text(confusion, json.dumps({"classifier": shown, "rows": rows}) + "\n")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

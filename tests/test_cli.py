@@ -58,6 +58,11 @@ def test_prepare_train_evaluate(workdir):
     assert sorted({p["epoch"] for p in points}) == [1, 2]
     lr = json.loads((workdir / "dvclive/plots/custom/lr.json").read_text())
     assert [p["value"] for p in lr] == pytest.approx([0.1, 0.01])
+    # The fused classifier's test predictions, for DVC's confusion template; they agree with its error.
+    confusion = json.loads((workdir / "plots/confusion.json").read_text())
+    assert confusion["classifier"] == "fused" and len(confusion["rows"]) == 60
+    wrong = sum(r["actual"] != r["predicted"] for r in confusion["rows"])
+    assert 100 * wrong / 60 == pytest.approx(top1["fused"], abs=1e-3)
     # The artifact loads with weights_only and reproduces the evaluated numbers.
     raw = torch.load(workdir / "models/model.pt", weights_only=True)
     assert raw["spec"]["method"] == "ffl"

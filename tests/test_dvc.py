@@ -57,7 +57,8 @@ def test_dvc_repro_produces_metrics_plots_and_the_model_artifact(repo):
     plots = json.loads(run("dvc plots show --json", repo))
     assert not plots.get("errors")
     charts = {k.rsplit("/", 1)[-1]: v[0]["content"] for k, v in plots["data"].items()}
-    assert set(charts) == {"top1_err.json", "loss.json", "lr.json"}
+    assert set(charts) == {"top1_err.json", "loss.json", "lr.json", "confusion.json"}
+    assert "rect" in json.dumps(charts["confusion.json"])  # DVC's confusion template
     series = {(p["series"], p["split"]) for p in charts["top1_err.json"]["data"]["values"]}
     assert series == {(c, s) for c in ("sub0", "sub1", "ensemble", "fused") for s in ("train", "val")}
     assert charts["loss.json"]["encoding"]["x"]["title"] == "epoch"
@@ -82,6 +83,7 @@ def test_dvc_exp_run_with_set_params_is_versioned(repo):
     assert not plots.get("errors")
     values = next(v for k, v in plots["data"].items() if k.endswith("top1_err.json"))[0]["content"]["data"]["values"]
     assert "fused" not in {p["series"] for p in values}  # DML has no fused classifier: its own chart, no gaps
+    assert json.loads((repo / "plots/confusion.json").read_text())["classifier"] == "ensemble"
 
 
 def test_the_readme_compact_view_of_experiments(repo):
