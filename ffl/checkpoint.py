@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,16 @@ def safe_load(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     """``torch.load(weights_only=True)`` with one clear error for truncated, foreign or code-carrying files."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file at all
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason.startswith("Weights only load failed"):
+            # Not torch's advice to retry with weights_only=False: that is what would run the code.
+            reason = "it holds Python objects other than tensors and plain data, which could run code"
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated, corrupted or not ours): {reason}") from None
     if not isinstance(obj, dict) or any(k not in obj for k in required):
         missing = [k for k in required if not isinstance(obj, dict) or k not in obj]

@@ -98,7 +98,9 @@ def test_a_checkpoint_cannot_run_code(workdir):
     (workdir / "checkpoints").mkdir()
     with open(paths.CHECKPOINT, "wb") as f:
         pickle.dump({"format": Payload()}, f)
-    assert_refused(["train"], 2, "unreadable checkpoint", workdir)
+    assert_refused(["train"], 2, "it holds Python objects other than tensors and plain data", workdir)
+    # ... and never torch's advice to load it with weights_only=False.
+    assert "weights_only" not in ffl("train")[1]
 
 
 def test_checkpoint_of_another_configuration(workdir):
