@@ -33,25 +33,35 @@ def evaluate(method, loader, precision: str = "fp32", progress=None) -> dict[str
 
     ``progress``: an optional wrapper over the batches (a progress bar), called as ``progress(loader)``.
     """
+    return evaluate_and_predict(method, loader, (), precision, progress)[0]
+
+
+@torch.no_grad()
+def evaluate_and_predict(
+    method, loader, prefer: tuple[str, ...], precision: str = "fp32", progress=None
+) -> tuple[dict[str, dict[str, float]], dict | None]:
+    """``evaluate``'s errors, and from the same pass the predictions of the first classifier in
+    ``prefer`` that the method returns: ``{"classifier", "targets", "predicted"}`` (None if none)."""
     correct: dict[str, torch.Tensor] = {}
     n = 0
+    kept, targets, predicted = None, [], []
     for outputs, y in _batches(method, loader, precision, progress):
         for name, logits in outputs.items():
             c = torch.stack(topk_correct(logits.float(), y))
             correct[name] = correct[name] + c if name in correct else c
+        kept = kept or next((name for name in prefer if name in outputs), None)
+        if kept is not None:
+            targets.append(y)
+            predicted.append(outputs[kept].argmax(dim=1))
         n += len(y)
     result = {}
     for name, c in correct.items():
         top1, top5 = c.tolist()
         result[name] = {"top1_err": 100.0 * (1 - top1 / n), "top5_err": 100.0 * (1 - top5 / n)}
-    return result
-
-
-@torch.no_grad()
-def predictions(method, loader, output: str, precision: str = "fp32", progress=None) -> tuple[list[int], list[int]]:
-    """``(targets, predicted classes)`` of classifier ``output`` over the loader, in order."""
-    targets, predicted = [], []
-    for outputs, y in _batches(method, loader, precision, progress):
-        targets.append(y)
-        predicted.append(outputs[output].argmax(dim=1))
-    return torch.cat(targets).tolist(), torch.cat(predicted).tolist()
+    if kept is None:
+        return result, None
+    return result, {
+        "classifier": kept,
+        "targets": torch.cat(targets).tolist(),
+        "predicted": torch.cat(predicted).tolist(),
+    }

@@ -39,7 +39,7 @@ class DVCLiveCallback(Callback):
     def __init__(self, directory: str | Path):
         self.directory = str(directory)
         self.live = None
-        self.history: list[dict] = []
+        self.points: dict[str, list[dict]] = {}
 
     def _log(self, metrics: dict) -> None:
         for name, value in metrics.items():
@@ -47,9 +47,9 @@ class DVCLiveCallback(Callback):
             # and show as a difference in every `dvc metrics diff`. The log lines carry it.
             if name != "epoch" and not name.startswith("time/"):
                 self.live.log_metric(name, value)
-        self.history.append(metrics)
-        for name, points in chart_points(self.history).items():
-            self.live.log_plot(name, points, x="epoch", y="value", template="series")
+        for name, points in chart_points([metrics]).items():
+            self.points.setdefault(name, []).extend(points)  # DVCLive rewrites the whole file each time
+            self.live.log_plot(name, self.points[name], x="epoch", y="value", template="series")
         self.live.next_step()
 
     def on_train_start(self, trainer, start_epoch, history):
@@ -58,7 +58,7 @@ class DVCLiveCallback(Callback):
         # dvcyaml=False: dvc.yaml declares these metrics and plots; save_dvc_exp=False: experiments
         # are made by `dvc exp run`, not as a side effect of training.
         self.live = Live(self.directory, resume=False, save_dvc_exp=False, dvcyaml=False)
-        self.history = []
+        self.points = {}
         for metrics in history:
             self._log(metrics)
 

@@ -28,8 +28,7 @@ from ffl.data import (
 )
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import build_method
-from ffl.metrics import evaluate as evaluate_method
-from ffl.metrics import predictions
+from ffl.metrics import evaluate_and_predict
 from ffl.precision import resolve_precision
 from ffl.step_mode import StepMode, StepModeError, step_mode
 from pipeline import paths
@@ -266,15 +265,18 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS, confusion: Path = p
     if params.train.channels_last:
         method.to(memory_format=torch.channels_last)
     precision = resolve_precision(params.train.precision, device)
-    result = summarise(evaluate_method(method, test, precision, progress=progress_bar("evaluating")))
+    # One pass: every classifier's errors, and the predictions of the one a user deploys (fused,
+    # else the ensemble, else the one network) for the confusion matrix.
+    errors, pred = evaluate_and_predict(
+        method, test, ("fused", "ensemble", "sub0"), precision, progress=progress_bar("evaluating")
+    )
+    result = summarise(errors)
     # Which protocol the numbers come from, visible next to them (dvc metrics show).
     result["data"] = {"train_images": len(data.splits["train"]), "protocol_paper": int(params.data.protocol == "paper")}
-    # The confusion matrix of the classifier a user deploys: fused, else the ensemble, else the one.
-    outputs = result["test"]["top1_err"]
-    shown = next(name for name in ("fused", "ensemble", "sub0") if name in outputs)
-    actual, predicted = predictions(method, test, shown, precision, progress=progress_bar("confusion"))
-    rows = [{"actual": data.classes[a], "predicted": data.classes[p]} for a, p in zip(actual, predicted)]
+    rows = [
+        {"actual": data.classes[a], "predicted": data.classes[b]} for a, b in zip(pred["targets"], pred["predicted"])
+    ]
     ensure_writable(out.parent, confusion.parent)
-    atomic_write_text(confusion, json.dumps({"classifier": shown, "rows": rows}) + "\n")
+    atomic_write_text(confusion, json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

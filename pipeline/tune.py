@@ -25,7 +25,7 @@ import ray.tune
 import yaml
 
 from ffl.callbacks import Callback
-from ffl.checkpoint import atomic_save, atomic_write_text
+from ffl.checkpoint import atomic_save, atomic_write_text, config_difference
 from ffl.engine import NonFiniteLoss
 from pipeline.errors import Interrupted, UserError
 from pipeline.params import Params, set_dotted, validate
@@ -328,9 +328,9 @@ def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
 def check_same_search(experiment: Path, started_with: dict, now: dict) -> None:
     """A resumed search runs the params it started with: otherwise one table would rank trials of
     two configurations."""
-    before, after = flatten(started_with), flatten(now)
-    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    differ = config_difference(started_with, now)  # the same comparison as a resumed training's
     if differ:
+        before, after = flatten(started_with), flatten(now)
         shown = ", ".join(f"{k}: {before.get(k)} -> {after.get(k)}" for k in differ[:3])
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
         raise UserError(

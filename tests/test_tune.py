@@ -137,7 +137,9 @@ def test_trials_are_scored_on_validation_not_test(workdir):
     assert result.stderr.startswith("error: tune.metric: ffl reports val/top1_err/sub0")
 
 
-def test_killed_driver_resumes_keeping_finished_trials(workdir):
+def search_until_one_trial_finished(workdir, **popen) -> tuple[subprocess.Popen, str]:
+    """`ffl tune` of three 3-epoch trials, one at a time, left running once the first has finished;
+    returns the driver process and that trial's id."""
     write_params(
         workdir,
         search_params(
@@ -149,20 +151,19 @@ def test_killed_driver_resumes_keeping_finished_trials(workdir):
     )
     assert ffl(workdir, "prepare").returncode == 0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "tune"],
-        cwd=workdir,
-        env=ENV,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        [sys.executable, "-m", "pipeline", "tune"], cwd=workdir, env=ENV, text=True, stdout=subprocess.PIPE, **popen
     )
     deadline = time.time() + 300
-    for line in proc.stdout:  # wait for the first finished trial, then kill the whole driver
+    for line in proc.stdout:
         if "finished: 1/3 done" in line:
-            break
+            return proc, line.split()[2]
         assert time.time() < deadline
-    first_id = line.split()[2]
+    raise AssertionError("the search ended before its first trial finished")
+
+
+def test_killed_driver_resumes_keeping_finished_trials(workdir):
+    proc, first_id = search_until_one_trial_finished(workdir, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
     # A trial is finished for Ray once its experiment snapshot says so; kill after that.
     state = workdir / "tune/ray/search"
     while not any("TERMINATED" in f.read_text() for f in state.glob("experiment_state-*.json")):
@@ -183,29 +184,7 @@ def test_killed_driver_resumes_keeping_finished_trials(workdir):
 
 
 def test_sigterm_ends_the_search_cleanly_and_it_resumes(workdir):
-    write_params(
-        workdir,
-        search_params(
-            trials=3,
-            max_concurrent=1,
-            epochs=3,
-            space={"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}},
-        ),
-    )
-    assert ffl(workdir, "prepare").returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "tune"],
-        cwd=workdir,
-        env=ENV,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 300
-    for line in proc.stdout:
-        if "finished: 1/3 done" in line:
-            break
-        assert time.time() < deadline
+    proc, _ = search_until_one_trial_finished(workdir, stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
