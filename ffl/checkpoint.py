@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,34 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _beside(path: Path, kind: str) -> Path:
+    """``.<name>.<kind>-<pid>`` beside ``path``, for this process. Those a killed process left
+    (its pid no longer runs) are removed here, the next time the same path is written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.{kind}-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Writes to a temporary file beside ``path``, syncs it, then renames: a kill leaves the old file whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _beside(path, "tmp")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -32,13 +56,24 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """``atomic_save`` for text files (metrics, tables, params): readers see the old or the new file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _beside(path, "tmp")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_directory(new: str | Path, old: str | Path) -> None:
+    """Puts directory ``new`` where ``old`` is: the old one is renamed aside first and removed only
+    once the new one is in place, so a kill leaves one whole directory or the other (and, at
+    worst, the old one under ``.<name>.old-<pid>`` beside it), never a mixture."""
+    new, old = Path(new), Path(old)
+    aside = _beside(old, "old")
+    if old.exists():
+        os.replace(old, aside)
+    os.replace(new, old)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def safe_load(path: str | Path, required: tuple[str, ...] = ()) -> dict:

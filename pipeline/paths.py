@@ -8,5 +8,8 @@ CHECKPOINTS = Path("checkpoints")
 CHECKPOINT = CHECKPOINTS / "last.pt"
 LOCK = CHECKPOINTS / ".lock"
 DVCLIVE = Path("dvclive")
+# The curves of the run in progress; they replace DVCLIVE when it finishes, with the model, so a
+# failed run never leaves the last model beside another run's curves.
+LIVE = CHECKPOINTS / "dvclive"
 TEST_METRICS = Path("metrics/test.json")
 CONFUSION = Path("plots/confusion.json")

@@ -11,7 +11,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from ffl.artifact import load_model, save_model
-from ffl.checkpoint import CheckpointError, atomic_write_text
+from ffl.checkpoint import CheckpointError, atomic_write_text, replace_directory
 from ffl.data import (
     Augment,
     Dataset,
@@ -127,6 +127,9 @@ def run_config(params: Params) -> dict:
     # The captured step replays the eager one exactly: a run that fails to capture on some GPU
     # resumes with cuda_graph false (README, "When things go wrong").
     cfg["train"].pop("cuda_graph")
+    # Each image's augmentation has its own seed (ffl/data/file_loader.py): the number of decoding
+    # workers changes the speed, never the batches.
+    cfg["data"]["files"].pop("workers")
     cfg["model"] = {"archs": params.archs(), "shared": params.shared()}
     # The other methods' sections do not change this run.
     cfg["method"] = {"name": params.method.name, "settings": cfg["method"][params.method.name]}
@@ -205,8 +208,8 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
     except Timeout:
         raise UserError(f"{paths.CHECKPOINTS}: another training is running in this directory") from None
     try:
-        ensure_writable(paths.MODEL.parent, paths.DVCLIVE)
-        callbacks = [DVCLiveCallback(paths.DVCLIVE)] + ([ProgressCallback()] if progress else [])
+        ensure_writable(paths.MODEL.parent, paths.DVCLIVE.parent)
+        callbacks = [DVCLiveCallback(paths.LIVE)] + ([ProgressCallback()] if progress else [])
         trainer = build_trainer(params, data, device, callbacks, paths.CHECKPOINT)
         if fresh:
             paths.CHECKPOINT.unlink(missing_ok=True)
@@ -230,6 +233,7 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
                 "provenance": params.data.provenance(),
             },
         )
+        replace_directory(paths.LIVE, paths.DVCLIVE)
         # The finished run lives on in the model file; a stale checkpoint would only block the next
         # configuration from starting.
         paths.CHECKPOINT.unlink(missing_ok=True)

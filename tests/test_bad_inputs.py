@@ -189,3 +189,69 @@ def test_a_device_or_pipe_as_params_ends_at_once(workdir, path):
         os.mkfifo(workdir / "fifo")  # nobody writes to it: reading it would block forever
     code, out = ffl("train", "-p", path)
     assert code == 2 and out == f"error: {path}: not a regular file"
+
+
+@pytest.mark.parametrize(
+    ("drop", "key"),
+    [
+        ((), "seed"),  # an empty file: nothing is filled in from defaults the file does not show
+        (("train",), "train"),
+        (("train", "epochs"), "train.epochs"),
+        (("method", "ffl", "ekd", "weight"), "method.ffl.ekd.weight"),
+        (("method", "ffl"), "method.ffl"),
+    ],
+)
+def test_a_params_file_missing_a_key_is_refused_not_filled_in(workdir, drop, key):
+    raw = tiny_params()
+    if drop:
+        node = raw
+        for part in drop[:-1]:
+            node = node[part]
+        del node[drop[-1]]
+    else:
+        raw = {}
+    write_params(workdir, raw)
+    assert_refused(["train"], 2, f"error: {key}: ", workdir)
+    assert "params.yaml lists every key" in ffl("train")[1]
+
+
+def test_the_other_methods_sections_may_be_left_out(workdir):
+    raw = tiny_params()
+    raw["method"] = {"name": "dml", "dml": raw["method"]["dml"]}
+    write_params(workdir, raw)
+    code, output = ffl("train", "-S", "train.epochs=1")
+    assert code == 0, output
+
+
+def test_a_failed_run_leaves_the_last_model_and_its_curves_together(workdir):
+    assert ffl("train")[0] == 0
+    finished = {p: p.read_bytes() for p in [paths.MODEL, *paths.DVCLIVE.rglob("*")] if p.is_file()}
+    assert paths.DVCLIVE / "metrics.json" in finished
+    code, output = ffl("train", "-S", "train.lr=1e30", "-S", "train.momentum=0.99")
+    assert code == 1 and "became non-finite" in output
+    after = {p: p.read_bytes() for p in [paths.MODEL, *paths.DVCLIVE.rglob("*")] if p.is_file()}
+    assert after == finished
+
+
+def test_a_setting_that_cannot_change_the_result_does_not_block_a_resume(workdir):
+    # Decoding workers change the speed, never the batches (ffl/data/file_loader.py).
+    interrupted_checkpoint(workdir)
+    code, output = ffl("train", "-S", "data.files.workers=3")
+    assert code == 0 and "resuming from checkpoints/last.pt at epoch 1" in output, output
+
+
+def test_temporary_files_of_killed_writers_are_removed(workdir):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (workdir / "checkpoints").mkdir()
+    stale = workdir / f"checkpoints/.last.pt.tmp-{gone.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    stale_model = workdir / f"models/.model.pt.tmp-{gone.pid}"
+    stale_model.parent.mkdir()
+    stale_model.write_bytes(b"half a model")
+    running = workdir / "checkpoints/.last.pt.tmp-1"  # pid 1 runs: a writer still at work
+    running.write_bytes(b"")
+    assert ffl("train")[0] == 0
+    assert not stale.exists() and not stale_model.exists() and running.exists()

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML, YAMLError
 
 from pipeline.errors import ParamsError
-from pipeline.params.schema import Params, check_consistency
+from pipeline.params.schema import MISSING, Params, check_consistency
 
 
 def parse_yaml(text: str):
@@ -157,7 +157,7 @@ def validate(raw: dict) -> Params:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
-            msg = "required key is missing"
+            msg = MISSING
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise ParamsError(".".join(str(p) for p in err["loc"]), msg + more) from None
     check_consistency(params)

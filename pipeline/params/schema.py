@@ -1,6 +1,8 @@
-"""The params schema. Unknown keys, wrong types and out-of-range values are refused with the dotted
-key in the message; so are combinations no method can train. Each method's section
-(``method.<name>``) is built from the method's own declaration (ffl/methods), never written here.
+"""The params schema. Unknown keys, missing keys, wrong types and out-of-range values are refused with
+the dotted key in the message; so are combinations no method can train. Nothing has a default here:
+the params file is the one set of defaults, and every value that runs is a value that the file (and
+so `dvc exp show`) records. Each method's section (``method.<name>``) is built from the method's
+own declaration (ffl/methods), never written here.
 """
 
 from __future__ import annotations
@@ -25,28 +27,31 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+MISSING = "required key is missing (the repository's params.yaml lists every key)"
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ShapesParams(Section):
-    train_per_class: int = Field(400, ge=1)
-    test_per_class: int = Field(200, ge=1)
-    noise: float = Field(0.1, ge=0, le=1)
+    train_per_class: int = Field(ge=1)
+    test_per_class: int = Field(ge=1)
+    noise: float = Field(ge=0, le=1)
 
 
 class AugmentParams(Section):
-    pad: int = Field(4, ge=0)
-    pad_mode: Literal["reflect", "zeros", "replicate"] = "reflect"
-    flip: bool = True
+    pad: int = Field(ge=0)
+    pad_mode: Literal["reflect", "zeros", "replicate"]
+    flip: bool
 
 
 class FilesParams(Section):
     """Datasets read from image files (imagenet, imagefolder): decoding and the standard ImageNet crops."""
 
-    image_size: int = Field(224, ge=8)
-    resize: int = Field(256, ge=8)
-    workers: int = Field(8, ge=0)
+    image_size: int = Field(ge=8)
+    resize: int = Field(ge=8)
+    workers: int = Field(ge=0)
 
     @field_validator("resize")
     @classmethod
@@ -61,17 +66,17 @@ FILE_SOURCES = ("imagenet", "imagefolder")
 
 
 class DataParams(Section):
-    source: Literal["shapes", "cifar10", "cifar100", "imagenet", "imagefolder"] = "shapes"
-    seed: int = Field(0, ge=0)  # the dataset's own seed (generation, validation split), not training's
-    root: str = "data/raw"
-    download: bool = False
+    source: Literal["shapes", "cifar10", "cifar100", "imagenet", "imagefolder"]
+    seed: int = Field(ge=0)  # the dataset's own seed (generation, validation split), not training's
+    root: str
+    download: bool
     # clean: hold val_fraction of the training set out for model selection and tuning, drop the
     # last partial batch. paper: the authors' protocol, every training image and the last batch.
-    protocol: Literal["clean", "paper"] = "clean"
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    shapes: ShapesParams = ShapesParams()
-    augment: AugmentParams = AugmentParams()
-    files: FilesParams = FilesParams()
+    protocol: Literal["clean", "paper"]
+    val_fraction: float = Field(ge=0, lt=1)
+    shapes: ShapesParams
+    augment: AugmentParams
+    files: FilesParams
 
     def split_fraction(self) -> float:
         """The validation fraction prepare holds out: none under the paper's protocol."""
@@ -118,11 +123,11 @@ AutoCount = Annotated[Literal["auto"] | int, BeforeValidator(_auto_or_count)]
 
 
 class ModelParams(Section):
-    arch: Arch = "resnet32"  # every sub-network's architecture
-    subnets: AutoCount = "auto"  # how many; auto = the method's own (ONE 3, vanilla 1, others 2)
-    archs: list[Arch] | None = Field(None, min_length=1)  # one per sub-network: different architectures
+    arch: Arch  # every sub-network's architecture
+    subnets: AutoCount  # how many; auto = the method's own (ONE 3, vanilla 1, others 2)
+    archs: list[Arch] | None = Field(min_length=1)  # one per sub-network: different architectures
     # auto: the method's own setting (FFL: shared when the archs are equal; ONE: shared; others: not).
-    shared: AutoBool = "auto"
+    shared: AutoBool
 
 
 # -- each method's section, from its declaration ------------------------------------------------
@@ -135,29 +140,30 @@ def _odd(v):
 
 
 def settings_section(cls) -> type[Section]:
-    """A strict pydantic section with the fields, defaults and bounds the dataclass declares."""
+    """A strict pydantic section with the fields and bounds the dataclass declares. Every field is
+    required: the dataclass's defaults (the method's paper) are what docs/methods.md lists and what
+    a new params section starts from, never values filled in behind the params file's back."""
     types = method_settings.hints(cls)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         tp = types[f.name]
         if method_settings.is_settings(tp):
-            sub = settings_section(tp)
-            fields[f.name] = (sub, Field(default_factory=sub, description=f.metadata.get("doc", "")))
+            fields[f.name] = (settings_section(tp), Field(description=f.metadata.get("doc", "")))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         bounds = dict(f.metadata.get("bounds", {}))
         if f.metadata.get("odd"):
             tp = Annotated[tp, AfterValidator(_odd)]
-        fields[f.name] = (tp, Field(default, description=f.metadata.get("doc", ""), **bounds))
+        fields[f.name] = (tp, Field(description=f.metadata.get("doc", ""), **bounds))
     return create_model(f"{cls.__name__}Params", __base__=Section, **fields)
 
 
 def _method_params() -> type[Section]:
+    """``method.name`` and one section per method; only the selected method's section is required
+    (the others do not change the run, and a params file for one method need not list them)."""
     names = tuple(sorted(METHODS, key=lambda n: n != "ffl"))  # the paper's method first
-    fields: dict[str, Any] = {"name": (Literal[names], names[0])}
+    fields: dict[str, Any] = {"name": (Literal[names], ...)}
     for name, cls in METHODS.items():
-        section = settings_section(cls.Settings)
-        fields[name] = (section, Field(default_factory=section))
+        fields[name] = (settings_section(cls.Settings) | None, None)
     return create_model("MethodParams", __base__=Section, **fields)
 
 
@@ -165,22 +171,22 @@ MethodParams = _method_params()
 
 
 class TrainParams(Section):
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: PositiveFloat = 0.1
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: NonNegFloat = 1e-4
-    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = Field(0.1, gt=0, le=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: PositiveFloat
+    momentum: float = Field(ge=0, lt=1)
+    nesterov: bool
+    weight_decay: NonNegFloat
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]]
+    gamma: float = Field(gt=0, le=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    channels_last: bool
     # Whole training step (forward, backward, optimiser, metric sums) captured as one CUDA graph;
     # auto: where ffl.step_mode allows it (GPU, a static step, not fp16).
-    cuda_graph: AutoBool = "auto"
+    cuda_graph: AutoBool
     # torch.compile mode; auto: see ffl.step_mode (off on CPUs and under the whole-step graph).
-    compile: Literal[("auto", "off", *COMPILE_MODES)] = "auto"
-    device: str = "auto"
+    compile: Literal[("auto", "off", *COMPILE_MODES)]
+    device: str
 
     @field_validator("device")
     @classmethod
@@ -203,17 +209,17 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(ge=1)
 
 
 class Params(Section):
-    seed: int = Field(0, ge=0, lt=2**63)
-    data: DataParams = DataParams()
-    model: ModelParams = ModelParams()
-    method: MethodParams = MethodParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    tune: TuneParams = TuneParams()
+    seed: int = Field(ge=0, lt=2**63)
+    data: DataParams
+    model: ModelParams
+    method: MethodParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    tune: TuneParams
 
     @property
     def method_class(self):
@@ -247,6 +253,8 @@ def _method_key(p: Params, key: str) -> str:
 
 def check_consistency(p: Params) -> None:
     """What no single key can say wrong on its own."""
+    if getattr(p.method, p.method.name) is None:
+        raise ParamsError(f"method.{p.method.name}", "the selected method's section is required" + MISSING.removeprefix("required key is missing"))
     if p.data.download and p.data.source in FILE_SOURCES:
         raise ParamsError("data.download", f"{p.data.source} cannot be downloaded: place it under data.root")
     if p.model.archs is not None and p.model.subnets not in ("auto", len(p.model.archs)):

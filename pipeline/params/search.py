@@ -49,14 +49,14 @@ class Dimension(_Section):
 
 
 class SchedulerParams(_Section):
-    name: Literal["asha", "median", "fifo"] = "asha"
-    grace_period: int = Field(2, ge=1)  # epochs every trial runs before it can be stopped
-    reduction_factor: float = Field(3.0, gt=1)
+    name: Literal["asha", "median", "fifo"]
+    grace_period: int = Field(ge=1)  # epochs every trial runs before it can be stopped
+    reduction_factor: float = Field(gt=1)
 
 
 class ResourcesParams(_Section):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials: 0.25 = four at once
+    cpu: float = Field(gt=0)
+    gpu: float = Field(ge=0)  # a fraction shares one GPU between trials: 0.25 = four at once
 
 
 def _parse_space(space: dict) -> dict[str, Dimension]:
@@ -84,18 +84,18 @@ def _parse_space(space: dict) -> dict[str, Dimension]:
 
 
 class TuneParams(_Section):
-    trials: int = Field(50, ge=1)
-    metric: str = "val/top1_err/fused"  # on the validation split, never the test split; minimised
-    sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = Field(0, ge=0, lt=2**32)
-    epochs: int | None = Field(None, ge=1)  # a trial's length; null = train.epochs
-    max_concurrent: int = Field(0, ge=0)  # 0 = as many as the resources allow
-    max_failures: int = Field(1, ge=0)  # retries of a trial that crashed
-    scheduler: SchedulerParams = SchedulerParams()
-    resources: ResourcesParams = ResourcesParams()
+    trials: int = Field(ge=1)
+    metric: str  # on the validation split, never the test split; minimised
+    sampler: Literal["tpe", "random"]
+    seed: int = Field(ge=0, lt=2**32)
+    epochs: int | None = Field(ge=1)  # a trial's length; null = train.epochs
+    max_concurrent: int = Field(ge=0)  # 0 = as many as the resources allow
+    max_failures: int = Field(ge=0)  # retries of a trial that crashed
+    scheduler: SchedulerParams
+    resources: ResourcesParams
     # Nested like the params it searches (method: {ffl: {temperature: {type: loguniform, ...}}}), so
     # that `-S tune.space.method.ffl.temperature.high=10` works; a mapping with a `type` is a dimension.
-    space: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any]
     _dims: dict[str, Dimension] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
