@@ -254,7 +254,8 @@ def _method_key(p: Params, key: str) -> str:
 def check_consistency(p: Params) -> None:
     """What no single key can say wrong on its own."""
     if getattr(p.method, p.method.name) is None:
-        raise ParamsError(f"method.{p.method.name}", "the selected method's section is required" + MISSING.removeprefix("required key is missing"))
+        reason = "the selected method's section is required" + MISSING.removeprefix("required key is missing")
+        raise ParamsError(f"method.{p.method.name}", reason)
     if p.data.download and p.data.source in FILE_SOURCES:
         raise ParamsError("data.download", f"{p.data.source} cannot be downloaded: place it under data.root")
     if p.model.archs is not None and p.model.subnets not in ("auto", len(p.model.archs)):
