@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffl.checkpoint import CheckpointError, atomic_save, safe_load
+from ffl.checkpoint import CheckpointError, atomic_save, reading, safe_load
 from ffl.methods import Method, build_method
 
 MODEL_FORMAT = "ffl-model-v1"
@@ -20,12 +20,13 @@ def save_model(method: Method, path: str | Path, dataset: dict | None = None) ->
 
 def load_model(path: str | Path) -> tuple[Method, dict]:
     """``(method, dataset_info)``; loads with ``weights_only=True``."""
-    obj = safe_load(path, ("format", "spec", "state_dict"))
+    obj = safe_load(path, {"format": str, "spec": dict, "state_dict": dict})
     if obj["format"] != MODEL_FORMAT:
         raise CheckpointError(f"{path}: model format {obj['format']!r}, expected {MODEL_FORMAT!r}")
-    method = build_method(obj["spec"])
-    try:
+    with reading(path):
+        method = build_method(obj["spec"])
         method.load_state_dict(obj["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the saved spec: {str(e).splitlines()[0]}") from None
-    return method, obj.get("dataset", {})
+    dataset = obj.get("dataset", {})
+    if not isinstance(dataset, dict):
+        raise CheckpointError(f"{path}: not a model of this project (dataset is a {type(dataset).__name__})")
+    return method, dataset

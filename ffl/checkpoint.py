@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
+from contextlib import contextmanager
+from types import MappingProxyType
 import warnings
 from pathlib import Path
 from typing import Any
@@ -76,8 +79,14 @@ def replace_directory(new: str | Path, old: str | Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def safe_load(path: str | Path, required: tuple[str, ...] = ()) -> dict:
-    """``torch.load(weights_only=True)`` with one clear error for truncated, foreign or code-carrying files."""
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def safe_load(path: str | Path, fields: Mapping[str, type | tuple[type, ...]] = MappingProxyType({})) -> dict:
+    """``torch.load(weights_only=True)`` with one clear error for truncated, foreign or code-carrying
+    files, and for files without one of ``fields`` (name -> expected type)."""
     path = Path(path)
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says it
@@ -86,15 +95,30 @@ def safe_load(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file at all
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _first_line(e)
         if reason.startswith("Weights only load failed"):
             # Not torch's advice to retry with weights_only=False: that is what would run the code.
             reason = "it holds Python objects other than tensors and plain data, which could run code"
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated, corrupted or not ours): {reason}") from None
-    if not isinstance(obj, dict) or any(k not in obj for k in required):
-        missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    missing = [k for k in fields if not isinstance(obj, dict) or k not in obj]
+    if missing:
         raise CheckpointError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")
+    for key, kind in fields.items():
+        if not isinstance(obj[key], kind) or (kind is int and isinstance(obj[key], bool)):
+            raise CheckpointError(f"{path}: not a checkpoint of this project ({key} is a {type(obj[key]).__name__})")
     return obj
+
+
+@contextmanager
+def reading(path: str | Path):
+    """Wraps the use of a loaded file's contents (building a model from its spec, loading its
+    state dicts): whatever they raise is the file's fault and becomes one CheckpointError."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{path}: does not fit this version of ffl: {_first_line(e)}") from None
 
 
 def config_difference(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -15,13 +15,23 @@ from pathlib import Path
 import torch
 
 from ffl.callbacks import Callback
-from ffl.checkpoint import CheckpointError, atomic_save, config_difference, safe_load
+from ffl.checkpoint import CheckpointError, atomic_save, config_difference, reading, safe_load
 from ffl.metrics import evaluate, topk_correct
 from ffl.precision import autocast, resolve_precision
 from ffl.step_graph import StepGraph
 from ffl.step_mode import COMPILE_MODES_WITH_GRAPHS, StepModeError, step_mode
 
-CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "config")
+CHECKPOINT_FIELDS = {
+    "format": str,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "epoch": int,
+    "history": list,
+    "rng": dict,
+    "config": dict,
+}
 CHECKPOINT_FORMAT = "ffl-checkpoint-v1"
 
 
@@ -237,7 +247,7 @@ class Trainer:
             atomic_save(self.state_dict(next_epoch), self.checkpoint_path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        ckpt = safe_load(path, CHECKPOINT_KEYS)
+        ckpt = safe_load(path, CHECKPOINT_FIELDS)
         if ckpt["format"] != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
         diff = config_difference(ckpt["config"], self.run_config)
@@ -246,16 +256,18 @@ class Trainer:
                 f"{path}: checkpoint of another configuration (differs in {', '.join(diff[:6])}"
                 f"{' ...' if len(diff) > 6 else ''}); delete it or train with --fresh to start over"
             )
-        try:
+        with reading(path):
+            if not 0 <= ckpt["epoch"] <= self.config.epochs or len(ckpt["history"]) != ckpt["epoch"]:
+                raise ValueError(f"epoch {ckpt['epoch']} with {len(ckpt['history'])} epochs of history")
+            if not all(isinstance(m, dict) and "epoch" in m for m in ckpt["history"]):
+                raise ValueError("its history is not a list of epoch metrics")
             self.method.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: weights do not fit this model: {str(e).splitlines()[0]}") from None
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.history = list(ckpt["history"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+        self.start_epoch = ckpt["epoch"]
+        self.history = ckpt["history"]
 
     def resume_if_possible(self) -> bool:
         if self.checkpoint_path is not None and self.checkpoint_path.exists():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ffl.callbacks import Callback
 from ffl.data import Augment, DeviceLoader, make_shapes
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import Vanilla
@@ -39,10 +40,15 @@ def workdir(tmp_path, monkeypatch):
 def interrupted_checkpoint(workdir):
     """The checkpoint an interrupted run of the current params leaves after its first epoch."""
     params = load_params("params.yaml")
-    trainer = build_trainer(params, load_prepared(params), torch.device("cpu"), [], paths.CHECKPOINT)
-    trainer.train_epoch(0)
-    trainer.save_checkpoint(1)
+    trainer = build_trainer(params, load_prepared(params), torch.device("cpu"), [KilledAfterEpoch()], paths.CHECKPOINT)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
     return paths.CHECKPOINT
+
+
+class KilledAfterEpoch(Callback):
+    def on_epoch_end(self, trainer, epoch, metrics):
+        raise KeyboardInterrupt  # after the epoch's checkpoint, as a kill would be
 
 
 def assert_refused(args, code, expected, root):
@@ -255,3 +261,45 @@ def test_temporary_files_of_killed_writers_are_removed(workdir):
     running.write_bytes(b"")
     assert ffl("train")[0] == 0
     assert not stale.exists() and not stale_model.exists() and running.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("spec", [1, 2], "not a checkpoint of this project (spec is a list)"),
+        ("spec.method", "zzz", "does not fit this version of ffl: unknown method 'zzz'"),
+        ("spec.archs", ["resnet999x", "resnet999x"], "does not fit this version of ffl: archs: unknown architecture 'resnet999x'"),
+        ("spec.num_classes", "ten", "does not fit this version of ffl"),
+        ("spec.settings", [1], "does not fit this version of ffl"),
+        ("state_dict", {"w": torch.zeros(1)}, "does not fit this version of ffl"),
+        ("dataset", [1], "not a model of this project (dataset is a list)"),
+    ],
+)
+def test_a_model_file_with_fields_of_the_wrong_kind(workdir, field, value, message):
+    assert ffl("train")[0] == 0 and ffl("evaluate")[0] == 0
+    model = torch.load(paths.MODEL, weights_only=True)
+    node, *path = field.split(".")
+    if path:
+        model[node][path[0]] = value
+    else:
+        model[node] = value
+    torch.save(model, paths.MODEL)
+    assert_refused(["evaluate"], 2, f"error: models/model.pt: {message}", workdir)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epoch", "1", "(epoch is a str)"),
+        ("epoch", 7, "does not fit this version of ffl: epoch 7 with 1 epochs of history"),
+        ("history", [3], "does not fit this version of ffl: its history is not a list of epoch metrics"),
+        ("optimizer", {"state": 1}, "does not fit this version of ffl"),
+        ("rng", {}, "does not fit this version of ffl"),
+    ],
+)
+def test_a_checkpoint_with_fields_of_the_wrong_kind(workdir, field, value, message):
+    ckpt = interrupted_checkpoint(workdir)
+    state = torch.load(ckpt, weights_only=True)
+    state[field] = value
+    torch.save(state, ckpt)
+    assert_refused(["train"], 2, message, workdir)
