@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
-from types import MappingProxyType
-import warnings
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch

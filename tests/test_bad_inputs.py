@@ -268,7 +268,11 @@ def test_temporary_files_of_killed_writers_are_removed(workdir):
     [
         ("spec", [1, 2], "not a checkpoint of this project (spec is a list)"),
         ("spec.method", "zzz", "does not fit this version of ffl: unknown method 'zzz'"),
-        ("spec.archs", ["resnet999x", "resnet999x"], "does not fit this version of ffl: archs: unknown architecture 'resnet999x'"),
+        (
+            "spec.archs",
+            ["resnet999x", "resnet999x"],
+            "does not fit this version of ffl: archs: unknown architecture 'resnet999x'",
+        ),
         ("spec.num_classes", "ten", "does not fit this version of ffl"),
         ("spec.settings", [1], "does not fit this version of ffl"),
         ("state_dict", {"w": torch.zeros(1)}, "does not fit this version of ffl"),
