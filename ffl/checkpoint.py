@@ -56,15 +56,19 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """``atomic_save`` for text files (metrics, tables, params): readers see the old or the new file."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """``atomic_save`` for other files (metrics, tables, pictures): readers see the old or the new file."""
     path = Path(path)
     tmp = _beside(path, "tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def replace_directory(new: str | Path, old: str | Path) -> None:

@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Feature Fusion Learning: prepare, train, evaluate, tune, bench.",
+    help="Feature Fusion Learning: prepare, train, evaluate, export, predict, tune, bench.",
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (dvc's params.yaml by default)")]
@@ -167,6 +167,56 @@ def tune(
 
     summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=read_yaml(params))
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+@stage
+def export(
+    classifier: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="sub0, sub1, ..., fused, ensemble (repeatable); default: every sub-network and the deployed one"
+        ),
+    ] = None,
+    format_: Annotated[
+        list[str] | None, typer.Option("--format", help="pt2 (torch.export) or onnx (repeatable); default: both")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder of the exported files")] = Path("models/export"),
+    model: Annotated[Path, typer.Option(help="the trained model")] = Path("models/model.pt"),
+):
+    """Standalone files of the trained classifiers: plain PyTorch (torch.export.load) or ONNX runtimes
+    run them without this project. Input: RGB floats in [0, 1], NCHW, of the size in model.json."""
+    from pipeline.stages import export as run
+
+    for path in run(classifier, format_, out, model):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+@stage
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="image files, or folders of them (searched recursively)")],
+    classifier: Annotated[
+        str, typer.Option(help="auto (fused, else the ensemble, else the network), sub0, sub1, ...")
+    ] = "auto",
+    top: Annotated[int, typer.Option(min=1, help="classes shown per image")] = 3,
+    model: Annotated[Path, typer.Option(help="the trained model")] = Path("models/model.pt"),
+    json_: Annotated[bool, typer.Option("--json", help="one JSON object per image instead of a line")] = False,
+):
+    """Class probabilities for image files of any size (resized and centre-cropped as in evaluation).
+    Files that cannot be read are named on stderr and skipped."""
+    from pipeline.stages import predict as run
+
+    results, failed = run(inputs, classifier, top, model)
+    for path, why in failed:
+        typer.echo(f"warning: {path}: cannot read it as an image ({why}); skipped", err=True)
+    for r in results:
+        if json_:
+            typer.echo(json.dumps(r))
+        else:
+            typer.echo(f"{r['file']}  " + "  ".join(f"{c} {p:.1%}" for c, p in r["top"]))
+    if not results:
+        fail(f"none of the {len(failed)} files could be read")
 
 
 @app.command()

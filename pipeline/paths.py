@@ -4,6 +4,7 @@ from pathlib import Path
 
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.pt")
+EXPORT = Path("models/export")  # standalone files of the trained classifiers (ffl export)
 CHECKPOINTS = Path("checkpoints")
 CHECKPOINT = CHECKPOINTS / "last.pt"
 LOCK = CHECKPOINTS / ".lock"
@@ -13,3 +14,4 @@ DVCLIVE = Path("dvclive")
 LIVE = CHECKPOINTS / "dvclive"
 TEST_METRICS = Path("metrics/test.json")
 CONFUSION = Path("plots/confusion.json")
+CAM = Path("plots/cam.png")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import torch
 from filelock import FileLock, Timeout
 
 from ffl.artifact import load_model, save_model
-from ffl.checkpoint import CheckpointError, atomic_write_text, replace_directory
+from ffl.cam import cam_picture, class_activation_maps, pick_examples
+from ffl.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, replace_directory
 from ffl.data import (
     Augment,
     Dataset,
@@ -26,6 +29,9 @@ from ffl.data import (
     prepared_provenance,
     split_loader,
 )
+from ffl.deploy import FORMATS, IMAGE_SUFFIXES, Deployable, InputSpec, image_files, load_images
+from ffl.deploy import export as deploy_export
+from ffl.deploy import predict as deploy_predict
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import build_method
 from ffl.metrics import evaluate_and_predict
@@ -169,6 +175,16 @@ def loader(params: Params, data: Dataset, split: str, device: torch.device, trai
     )
 
 
+def input_spec(params: Params, data: Dataset) -> InputSpec:
+    """The images the model trains on: image files are centre-cropped as in evaluation (resize,
+    then image_size); in-memory datasets are square arrays, a new image is brought to their side."""
+    if isinstance(data, FileDataset):
+        size, resize = params.data.files.image_size, params.data.files.resize
+    else:
+        size = resize = int(data.splits["train"].images.shape[-1])
+    return InputSpec(size, resize, tuple(data.mean), tuple(data.std))
+
+
 def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks=(), checkpoint=None) -> Trainer:
     torch.manual_seed(params.seed)
     method = build_method(method_spec(params, data.num_classes))
@@ -222,6 +238,7 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
             trainer.fit()
         except NonFiniteLoss as e:
             raise TrainingFailed(str(e)) from None
+        spec = input_spec(params, data)
         save_model(
             trainer.method,
             paths.MODEL,
@@ -230,6 +247,7 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
                 "classes": data.classes,
                 "mean": list(data.mean),
                 "std": list(data.std),
+                "input": {"size": spec.size, "resize": spec.resize},
                 "provenance": params.data.provenance(),
             },
         )
@@ -240,6 +258,10 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
     finally:
         lock.release()
     return paths.MODEL
+
+
+def deployed(method) -> str:
+    return method.deployed(method.num_subnets, method.settings)
 
 
 # -- evaluate ----------------------------------------------------------------------------------
@@ -255,7 +277,9 @@ def summarise(errors: dict[str, dict[str, float]]) -> dict:
     return {"test": {m: {name: round(errs[m], 4) for name, errs in out.items()} for m in ("top1_err", "top5_err")}}
 
 
-def evaluate(params: Params, out: Path = paths.TEST_METRICS, confusion: Path = paths.CONFUSION) -> dict:
+def evaluate(
+    params: Params, out: Path = paths.TEST_METRICS, confusion: Path = paths.CONFUSION, cam: Path = paths.CAM
+) -> dict:
     """Top-1/top-5 error of every classifier on the test split, written as DVC metrics."""
     device = resolve_device(params.train.device)
     try:
@@ -272,7 +296,7 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS, confusion: Path = p
     # One pass: every classifier's errors, and the predictions of the one a user deploys (fused,
     # else the ensemble, else the one network) for the confusion matrix.
     errors, pred = evaluate_and_predict(
-        method, test, ("fused", "ensemble", "sub0"), precision, progress=progress_bar("evaluating")
+        method, test, (deployed(method),), precision, progress=progress_bar("evaluating")
     )
     result = summarise(errors)
     # Which protocol the numbers come from, visible next to them (dvc metrics show).
@@ -280,7 +304,100 @@ def evaluate(params: Params, out: Path = paths.TEST_METRICS, confusion: Path = p
     rows = [
         {"actual": data.classes[a], "predicted": data.classes[b]} for a, b in zip(pred["targets"], pred["predicted"])
     ]
-    ensure_writable(out.parent, confusion.parent)
+    ensure_writable(out.parent, confusion.parent, cam.parent)
     atomic_write_text(confusion, json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n")
+    write_cam_picture(method, test, data, cam)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
+
+
+CAM_IMAGES = 8  # test images in the picture: the first of each of the first eight classes
+
+
+def write_cam_picture(method, test, data: Dataset, out: Path) -> None:
+    """Class activation maps of every classifier for a fixed set of test images (the first of each
+    class, in the test split's order), for the true class: where each one sees the evidence."""
+    images, targets = next(iter(test))
+    chosen = pick_examples(targets.cpu(), CAM_IMAGES).to(images.device)
+    images, targets = images[chosen], targets[chosen]
+    method.eval()
+    maps = class_activation_maps(method, images.float(), targets)
+    mean = torch.tensor(data.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(data.std, device=images.device).view(1, 3, 1, 1)
+    picture = cam_picture((images.float() * std + mean).cpu(), maps, [data.classes[t] for t in targets.tolist()])
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    atomic_write_bytes(out, png.getvalue())
+
+
+# -- using the trained model -------------------------------------------------------------------
+
+
+def trained_model(model: Path = paths.MODEL):
+    """``(method, its input spec, its class names)`` from the model file (eval mode, CPU)."""
+    try:
+        method, info = load_model(model)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    if "input" not in info:
+        raise UserError(f"{model}: made by an older version of ffl, with no record of its input size; run `ffl train`")
+    spec = InputSpec(info["input"]["size"], info["input"]["resize"], tuple(info["mean"]), tuple(info["std"]))
+    return method.eval(), spec, list(info["classes"])
+
+
+def check_classifier(method, name: str) -> str:
+    names = method.outputs(method.num_subnets, method.settings)
+    if name == "auto":
+        return deployed(method)
+    if name not in names:
+        raise UserError(f"--classifier: {method.name} has {', '.join(names)}; got {name!r}")
+    return name
+
+
+def export(
+    classifiers: list[str] | None = None,
+    formats: list[str] | None = None,
+    out: Path = paths.EXPORT,
+    model: Path = paths.MODEL,
+) -> list[Path]:
+    """Standalone files of the trained classifiers (default: every sub-network alone and the
+    deployed one) as torch.export programs and ONNX, with model.json describing their input."""
+    method, spec, classes = trained_model(model)
+    if classifiers:
+        names = [check_classifier(method, c) for c in classifiers]
+    else:
+        names = [f"sub{i}" for i in range(method.num_subnets)]
+        names += [deployed(method)] if deployed(method) not in names else []
+    unknown = [f for f in formats or () if f not in FORMATS]
+    if unknown:
+        raise UserError(f"--format: {unknown[0]!r}; expected one of {', '.join(FORMATS)}")
+    ensure_writable(out.parent)
+    # Written beside, then swapped in: a failed export leaves the previous files whole.
+    staging = out.with_name(f".{out.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        files = deploy_export(method, spec, classes, staging, names, formats or FORMATS)
+        replace_directory(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / f.name for f in files]
+
+
+def predict(
+    inputs: list[Path], classifier: str = "auto", top: int = 3, model: Path = paths.MODEL
+) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """``([{"file", "classifier", "top": [[class, probability], ...]}], [(unreadable file, why)])``."""
+    method, spec, classes = trained_model(model)
+    name = check_classifier(method, classifier)
+    files = image_files(inputs)
+    if not files:
+        raise UserError(f"no image files in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    images, kept, failed = load_images(files, spec)
+    probs = deploy_predict(Deployable(method, name, spec).eval(), images)
+    k = min(top, len(classes))
+    results = []
+    for path, p in zip(kept, probs):
+        values, indices = p.topk(k)
+        top_k = [[classes[i], round(float(v), 6)] for v, i in zip(values, indices)]
+        results.append({"file": str(path), "classifier": name, "top": top_k})
+    return results, failed

@@ -21,6 +21,15 @@ def tiny_params(**sections) -> dict:
     return raw
 
 
+def tune_section(**changes) -> dict:
+    """params.yaml's tune section with ``changes``: scheduler and resources merged key by key, the
+    search space replaced whole (a params file lists every key; none has a hidden default)."""
+    tune = tiny_params()["tune"]
+    for key, value in changes.items():
+        tune[key] = {**tune[key], **value} if key in ("scheduler", "resources") else value
+    return tune
+
+
 def write_params(directory: Path, raw: dict) -> Path:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

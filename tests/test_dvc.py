@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, tiny_params, write_params
+from tests.helpers import ROOT, tiny_params, tune_section, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,13 @@ def repo(tmp_path_factory):
         shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d)
     raw = tiny_params()
-    raw["tune"] = {
-        "trials": 2,
-        "epochs": 1,
-        "sampler": "random",
-        "scheduler": {"name": "fifo"},
-        "space": {"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
-    }
+    raw["tune"] = tune_section(
+        trials=2,
+        epochs=1,
+        sampler="random",
+        scheduler={"name": "fifo"},
+        space={"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
+    )
     write_params(d, raw)
     (d / ".gitignore").write_text("__pycache__/\n/tune/ray/\n")
     run("git init -q && git config user.email t@t && git config user.name t", d)
@@ -56,16 +56,20 @@ def test_dvc_repro_produces_metrics_plots_and_the_model_artifact(repo):
     # Three charts a person reads at a glance, not one per curve; each line one classifier or term.
     plots = json.loads(run("dvc plots show --json", repo))
     assert not plots.get("errors")
-    charts = {k.rsplit("/", 1)[-1]: v[0]["content"] for k, v in plots["data"].items()}
-    assert set(charts) == {"top1_err.json", "loss.json", "lr.json", "confusion.json"}
+    charts = {k.rsplit("/", 1)[-1]: v[0].get("content") for k, v in plots["data"].items()}
+    assert set(charts) == {"top1_err.json", "loss.json", "lr.json", "confusion.json", "cam.png"}
+    cam = plots["data"]["plots/cam.png"][0]  # the class activation maps, an image DVC shows as it is
+    assert cam["type"] == "image" and Path(cam["url"]).read_bytes().startswith(b"\x89PNG"), cam
     assert "rect" in json.dumps(charts["confusion.json"])  # DVC's confusion template
     series = {(p["series"], p["split"]) for p in charts["top1_err.json"]["data"]["values"]}
     assert series == {(c, s) for c in ("sub0", "sub1", "ensemble", "fused") for s in ("train", "val")}
     assert charts["loss.json"]["encoding"]["x"]["title"] == "epoch"
     from dvc.repo import Repo
 
-    artifact = Repo(str(repo)).artifacts.read()["dvc.yaml"]["ffl-model"]
-    assert artifact.type == "model" and (repo / artifact.path).exists()
+    artifacts = Repo(str(repo)).artifacts.read()["dvc.yaml"]
+    assert artifacts["ffl-model"].type == "model" and (repo / artifacts["ffl-model"].path).exists()
+    exported = {p.name for p in (repo / artifacts["ffl-export"].path).iterdir()}
+    assert exported == {f"{c}.{f}" for c in ("sub0", "sub1", "fused") for f in ("pt2", "onnx")} | {"model.json"}
     # Nothing changed: a second repro does no work.
     assert "didn't change" in run("dvc repro", repo) or "up to date" in run("dvc status", repo)
 

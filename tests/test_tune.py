@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.params import apply_overrides, load_params, read_yaml, validate
-from tests.helpers import tiny_params, write_params
+from tests.helpers import tiny_params, tune_section, write_params
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -20,7 +20,7 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 
 def search_params(**tune):
     raw = tiny_params()
-    raw["tune"] = {
+    defaults = {
         "trials": 3,
         "epochs": 2,
         "sampler": "random",
@@ -31,7 +31,8 @@ def search_params(**tune):
             "method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}},
             "train": {"lr": {"type": "choice", "values": [0.05, 1.0e30]}},  # 1e30 diverges at once
         },
-    } | tune
+    }
+    raw["tune"] = tune_section(**(defaults | tune))
     return raw
 
 

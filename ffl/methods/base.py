@@ -156,6 +156,21 @@ class Method(nn.Module):
             out["ensemble"] = torch.stack(logits).mean(0)
         return out
 
+    @classmethod
+    def deployed(cls, n: int, settings) -> str:
+        """The classifier a user deploys (what evaluation's confusion matrix and ``ffl predict``
+        default to): the fused one where there is one, else the ensemble, else the network."""
+        names = cls.outputs(n, settings)
+        return next(name for name in ("fused", "ensemble", "sub0") if name in names)
+
+    def classifier_features(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, nn.Linear]]:
+        """``{classifier: (feature map, linear layer)}`` for every classifier that is global average
+        pooling and a linear layer over a feature map, so that its class activation map is the
+        layer's class weights over the map (Zhou et al., CVPR 2016). Methods with more such
+        classifiers (a fused one) add theirs."""
+        feats, _ = self.net(images)
+        return {f"sub{i}": (f, head.fc) for i, (f, head) in enumerate(zip(feats, self.net.heads))}
+
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the engine before each epoch; methods with epoch-dependent behaviour override it."""
 

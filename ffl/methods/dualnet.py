@@ -122,3 +122,8 @@ class DualNet(Method):
             if z.requires_grad:
                 terms[f"ce_sub{i}"] = self.settings.aux_weight * cross_entropy(z, targets)
         return terms
+
+    def classifier_features(self, images):
+        out = super().classifier_features(images)
+        out["fused"] = (0.5 * (out["sub0"][0] + out["sub1"][0]), self.fused_head.fc)
+        return out

@@ -115,8 +115,16 @@ class FFL(Method):
         return terms
 
     def fused_features(self, images) -> torch.Tensor:
-        """The fused feature map, for using FFL's features in other tasks."""
+        """The fused feature map (N, fusion width, h, w), before the fused classifier's pooling: FFL's
+        features for another task (a detection or segmentation head, retrieval after pooling)."""
         if self.fusion is None:
             raise ValueError("this model was trained without a fusion module")
         feats, _ = self.net(images)
         return self.fusion.fuse(feats)
+
+    def classifier_features(self, images):
+        out = super().classifier_features(images)
+        if self.fusion is not None:
+            feats = [out[f"sub{i}"][0] for i in range(self.num_subnets)]
+            out["fused"] = (self.fusion.fuse(feats), self.fusion.classifier.fc)
+        return out

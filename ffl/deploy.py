@@ -1,0 +1,165 @@
+"""A trained classifier for use outside this project: exported files plain PyTorch (``torch.export``)
+and ONNX runtimes load, and predictions on image files.
+
+An exported model takes RGB images as floats in [0, 1], NCHW, of the size the model was trained on
+(``InputSpec.size``), any batch size; it normalises them itself and returns logits. One sub-network
+exported alone holds its own layers only (the shared low-level layers included): the poster's
+FFL-S, the network that online distillation makes better. The fused classifier holds every
+sub-network and the fusion module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ffl.checkpoint import atomic_write_text
+from ffl.methods import Method
+
+FORMATS = ("pt2", "onnx")  # torch.export.save / torch.onnx.export files, by suffix
+MANIFEST = "model.json"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: the training images' size, and how a larger image is brought to it."""
+
+    size: int  # square side the network was trained on
+    resize: int  # the shorter side is resized to this, then centre-cropped to ``size`` (ImageNet: 256 -> 224)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def transform(self):
+        """PIL image -> float tensor in [0, 1], as evaluation sees the test images."""
+        from torchvision import transforms
+
+        return transforms.Compose(
+            [transforms.Resize(self.resize), transforms.CenterCrop(self.size), transforms.ToTensor()]
+        )
+
+
+class Deployable(nn.Module):
+    """One classifier of a trained method: images in [0, 1] -> its logits, normalisation inside."""
+
+    def __init__(self, method: Method, classifier: str, spec: InputSpec):
+        super().__init__()
+        names = method.outputs(method.num_subnets, method.settings)
+        if classifier not in names:
+            raise ValueError(f"unknown classifier {classifier!r}: {method.name} has {', '.join(names)}")
+        self.classifier = classifier
+        if classifier.startswith("sub"):
+            # The sub-network alone: the other branches and the fusion module are not in the file.
+            i = int(classifier[3:])
+            net = method.net
+            self.body = nn.Sequential(net.trunk, net.branches[i], net.heads[i])
+        else:
+            self.body = method
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.body((images - self.mean) / self.std)
+        return out[self.classifier] if isinstance(out, dict) else out
+
+
+def export(
+    method: Method,
+    spec: InputSpec,
+    classes: Sequence[str],
+    out: str | Path,
+    classifiers: Iterable[str],
+    formats: Iterable[str] = FORMATS,
+) -> list[Path]:
+    """Writes ``<out>/<classifier>.<format>`` for each, and ``<out>/model.json`` describing them."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    method = method.cpu().eval()
+    example = torch.rand(2, 3, spec.size, spec.size)
+    batch = torch.export.Dim("batch", min=1)
+    written = []
+    for name in classifiers:
+        module = Deployable(method, name, spec).eval()
+        for fmt in formats:
+            path = out / f"{name}.{fmt}"
+            if fmt == "pt2":
+                program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+                torch.export.save(program, path)
+            elif fmt == "onnx":
+                _export_onnx(module, example, batch, path, classes)
+            else:
+                raise ValueError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+            written.append(path)
+    manifest = {
+        "method": method.name,
+        "classes": list(classes),
+        "input": asdict(spec) | {"layout": "NCHW, RGB, float in [0, 1]; normalised inside the model"},
+        "output": "logits (softmax gives the class probabilities)",
+        "files": {p.name: p.stem for p in written},
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return written
+
+
+def _export_onnx(module, example, batch, path: Path, classes) -> None:
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter narrates its passes; the file is what matters
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamic_shapes=({0: batch},),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamo=True,
+            verbose=False,
+        )
+    program.model.metadata_props["classes"] = json.dumps(list(classes))
+    program.save(path)
+
+
+# -- predictions on image files ---------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files named, and every image file under the folders named (sorted)."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(p)
+    return found
+
+
+def load_images(paths: Sequence[Path], spec: InputSpec) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+    """``(images, the paths they came from, [(path, why) for the ones that could not be read])``."""
+    from PIL import Image
+
+    transform = spec.transform()
+    images, kept, failed = [], [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                images.append(transform(img.convert("RGB")))
+            kept.append(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            failed.append((path, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    batch = torch.stack(images) if images else torch.empty(0, 3, spec.size, spec.size)
+    return batch, kept, failed
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities of ``model`` (a ``Deployable`` or an exported module) for each image."""
+    probs = [torch.softmax(model(chunk).float(), dim=1) for chunk in images.split(batch_size)]
+    return torch.cat(probs) if probs else torch.empty(0)

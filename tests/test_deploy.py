@@ -1,0 +1,171 @@
+"""Using what was trained: exported files plain PyTorch and ONNX Runtime run, predictions on image
+files, class activation maps, and the fused features for other tasks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ffl import FFL, DeviceLoader, make_shapes
+from ffl.artifact import load_model
+from ffl.cam import cam_picture, class_activation_maps
+from ffl.data import load_dataset
+from ffl.methods import METHODS
+from pipeline import paths
+from pipeline.cli import app
+from tests.helpers import tiny_params, write_params
+
+runner = CliRunner()
+
+
+def ffl(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output.strip()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir with a tiny trained FFL model (module-wide: the tests only read it)."""
+    d = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        write_params(d, tiny_params())
+        for stage in ("prepare", "train", "evaluate"):
+            code, out = ffl(stage)
+            assert code == 0, out
+    return d
+
+
+@pytest.fixture
+def workdir(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    return trained
+
+
+def split_images(workdir):
+    """The test split as floats in [0, 1] and as the trained model's normalised input."""
+    data = load_dataset(paths.PREPARED)
+    raw = torch.from_numpy(data.splits["test"].images[:16]).float() / 255
+    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
+    return data, raw, (raw - mean) / std
+
+
+def test_exported_files_compute_what_the_trained_model_computes(workdir):
+    code, out = ffl("export", "--out", "exported")
+    assert code == 0, out
+    data, images, normalised = split_images(workdir)
+    method, _ = load_model(paths.MODEL)
+    method.eval()
+    with torch.no_grad():
+        expected = method(normalised)
+    manifest = json.loads((workdir / "exported/model.json").read_text())
+    assert manifest["classes"] == data.classes and manifest["input"]["size"] == 32
+    assert set(manifest["files"]) == {f"{c}.{f}" for c in ("sub0", "sub1", "fused") for f in ("pt2", "onnx")}
+
+    import onnxruntime
+
+    for name in ("sub0", "sub1", "fused"):
+        # Plain PyTorch: no ffl import needed to load and run it; any batch size.
+        program = torch.export.load(workdir / f"exported/{name}.pt2").module()
+        torch.testing.assert_close(program(images), expected[name], rtol=1e-5, atol=1e-5)
+        assert program(images[:3]).shape == (3, data.num_classes)
+        session = onnxruntime.InferenceSession(str(workdir / f"exported/{name}.onnx"))
+        (logits,) = session.run(None, {"images": images.numpy()})
+        np.testing.assert_allclose(logits, expected[name].numpy(), rtol=1e-4, atol=1e-4)
+    # One sub-network exported alone carries its own weights only (shared layers included), not
+    # its peer's or the fusion module's.
+    sub0 = torch.export.load(workdir / "exported/sub0.pt2").state_dict
+    own = [method.net.trunk, method.net.branches[0], method.net.heads[0]]
+    weights = sum(p.numel() for m in own for p in m.parameters())
+    assert sum(v.numel() for k, v in sub0.items() if k.endswith((".weight", ".bias"))) == weights
+    assert sum(p.numel() for p in method.parameters()) > 2 * weights - sum(p.numel() for p in own[0].parameters())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--classifier", "sub7"], "error: --classifier: ffl has sub0, sub1, ensemble, fused; got 'sub7'"),
+        (["--format", "tflite"], "error: --format: 'tflite'; expected one of pt2, onnx"),
+        (["--model", "nothere.pt"], "error: nothere.pt: no such file"),
+    ],
+)
+def test_export_refuses_what_it_cannot_write_and_keeps_earlier_files(workdir, args, message):
+    assert ffl("export", "--out", "kept", "--classifier", "sub0", "--format", "pt2")[0] == 0
+    before = {p.name: p.read_bytes() for p in (workdir / "kept").iterdir()}
+    code, out = ffl("export", "--out", "kept", *args)
+    assert code == 2 and out == message
+    assert {p.name: p.read_bytes() for p in (workdir / "kept").iterdir()} == before
+
+
+def test_predict_names_unreadable_files_and_goes_on(workdir, tmp_path):
+    data, _, normalised = split_images(workdir)
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    for i in range(3):  # the test images themselves, as PNG: predictions must match the model's
+        Image.fromarray(data.splits["test"].images[i].transpose(1, 2, 0)).save(folder / f"{i}.png")
+    Image.fromarray(data.splits["test"].images[3].transpose(1, 2, 0)).resize((120, 90)).save(folder / "more/big.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image: not looked at")
+
+    result = runner.invoke(app, ["predict", str(folder), "--json", "--top", "10"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["file"].rsplit("/", 1)[-1] for x in lines] == ["0.png", "1.png", "2.png", "big.jpg"]
+    assert result.stderr.count("warning:") == 1 and "broken.jpg: cannot read it as an image" in result.stderr
+    method, _ = load_model(paths.MODEL)
+    method.eval()
+    with torch.no_grad():
+        probs = torch.softmax(method(normalised[:3])["fused"], dim=1)
+    for i in range(3):
+        got = dict(lines[i]["top"])
+        assert lines[i]["classifier"] == "fused" and len(got) == 10
+        for c, name in enumerate(data.classes):
+            assert got[name] == pytest.approx(probs[i, c].item(), abs=1e-5)
+
+
+def test_predict_with_nothing_readable_is_an_error(workdir, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    code, out = ffl("predict", str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg"))
+    assert code == 2 and out.splitlines()[-1] == "error: none of the 2 files could be read"
+    code, out = ffl("predict", str(tmp_path / "empty_dir_missing"))
+    assert code == 2
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_class_activation_maps_are_where_the_logits_come_from(name):
+    """Every classifier's map for class c, averaged over its positions, plus the bias, is its logit."""
+    cls = METHODS[name]
+    method = cls(["resnet8"] * cls.default_subnets, 10).eval()
+    images, classes = torch.randn(3, 3, 32, 32), torch.tensor([1, 4, 7])
+    with torch.no_grad():
+        logits = method(images)
+        maps = class_activation_maps(method, images, classes)
+        biases = {k: fc.bias for k, (_, fc) in method.classifier_features(images).items()}
+    assert set(maps) >= {f"sub{i}" for i in range(method.num_subnets)}
+    assert ("fused" in maps) == ("fused" in logits)
+    for clf, m in maps.items():
+        assert m.shape == (3, 8, 8)
+        torch.testing.assert_close(m.mean((1, 2)) + biases[clf][classes], logits[clf][torch.arange(3), classes])
+
+
+def test_evaluation_draws_the_maps_of_every_classifier(workdir):
+    picture = Image.open(workdir / paths.CAM)
+    # 8 rows (one test image per class), the image and sub0, sub1, fused: 4 tiles of 4 x 32 pixels.
+    assert picture.size == (80 + 4 * 128, 16 + 8 * 128)
+    maps = {"a": torch.zeros(2, 8, 8), "b": torch.rand(2, 8, 8)}
+    assert cam_picture(torch.rand(2, 3, 32, 32), maps, ["x", "y"]).size == (80 + 3 * 128, 16 + 2 * 128)
+
+
+def test_fused_features_feed_another_task():
+    """The README's example: FFL's fused map as a feature for a new head; the fused classifier is
+    its pooled, linear read-out."""
+    data = make_shapes(train_per_class=4, test_per_class=2)
+    method = FFL(["resnet8", "resnet8"], num_classes=data.num_classes).eval()
+    images, _ = next(iter(DeviceLoader(data.splits["test"], 8, data.mean, data.std)))
+    with torch.no_grad():
+        fmap = method.fused_features(images)
+        assert fmap.shape == (8, 64, 8, 8)
+        torch.testing.assert_close(method.fusion.classifier(fmap), method(images)["fused"])
