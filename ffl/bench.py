@@ -16,6 +16,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from ffl.data import Augment, DeviceLoader, Split
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import FFL
+from ffl.models import backbone_spec
 from ffl.precision import resolve_precision
 from ffl.step_mode import step_mode
 
@@ -306,6 +308,41 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default in (None, False) else super()._get_help_string(action)
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _arch(name: str) -> str:
+    try:
+        backbone_spec(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
+def _check(p: argparse.ArgumentParser, args) -> argparse.Namespace:
+    """What a single argument's type cannot say: the device exists, the JSON file can be written
+    (before minutes of timing, not after)."""
+    try:
+        torch.empty(1, device=torch.device(args.device))
+    except (RuntimeError, AssertionError) as e:
+        p.error(f"--device: {args.device} is not usable here ({str(e).splitlines()[0]})")
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir() or not os.access(target.parent if str(target.parent) else ".", os.W_OK):
+            p.error(f"--json: cannot write {target}")
+    return args
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ffl bench",
@@ -315,19 +352,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to time (cpu, cuda, cuda:1)"
     )
-    p.add_argument("--arch", default="resnet32", help="every sub-network's architecture")
-    p.add_argument("--subnets", type=int, default=2, help="number of FFL sub-networks")
-    p.add_argument("--num-classes", type=int, default=100, help="classifier width (CIFAR-100: 100)")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size (the paper's: 128)")
-    p.add_argument("--steps", type=int, help="timed steps per measurement (default: 300 on a GPU, 20 on a CPU)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    p.add_argument("--arch", type=_arch, default="resnet32", help="every sub-network's architecture")
+    p.add_argument("--subnets", type=_at_least(2), default=2, help="number of FFL sub-networks")
+    p.add_argument("--num-classes", type=_at_least(2), default=100, help="classifier width (CIFAR-100: 100)")
+    p.add_argument("--batch-size", type=_at_least(1), default=128, help="training batch size (the paper's: 128)")
+    p.add_argument(
+        "--steps", type=_at_least(1), help="timed steps per measurement (default: 300 on a GPU, 20 on a CPU)"
+    )
+    p.add_argument("--warmup", type=_at_least(0), default=5, help="untimed steps before each measurement")
     p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
         help="the fast path's autocast (auto: bf16 where the device computes it natively); the reference is fp32",
     )
-    p.add_argument("--ref-workers", type=int, default=4, help="the reference DataLoader's workers (authors: 4)")
+    p.add_argument(
+        "--ref-workers", type=_at_least(0), default=4, help="the reference DataLoader's workers (authors: 4)"
+    )
     p.add_argument(
         "--compile",
         nargs="?",
@@ -341,16 +382,21 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ablate", action="store_true", help="time precision and memory-format settings")
     p.add_argument("--scaling", action="store_true", help="images/s against batch size, depth, sub-networks")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="--scaling: batch sizes")
+    p.add_argument(
+        "--batch-sizes", type=_at_least(1), nargs="+", default=[64, 128, 256, 512], help="--scaling: batch sizes"
+    )
     depths = ["resnet20", "resnet32", "resnet56", "resnet110"]
-    p.add_argument("--depths", nargs="+", default=depths, help="--scaling: architectures")
-    p.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4], help="--scaling: numbers of sub-networks")
+    p.add_argument("--depths", type=_arch, nargs="+", default=depths, help="--scaling: architectures")
+    p.add_argument(
+        "--counts", type=_at_least(2), nargs="+", default=[2, 3, 4], help="--scaling: numbers of sub-networks"
+    )
     p.add_argument("--json", help="also write the results as JSON to this file")
     return p
 
 
 def main(argv=None) -> dict:
-    return run(parser().parse_args(argv))
+    p = parser()
+    return run(_check(p, p.parse_args(argv)))
 
 
 if __name__ == "__main__":

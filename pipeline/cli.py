@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import Interrupted, UserError
+from pipeline.errors import Interrupted, TrainingFailed, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -48,6 +48,22 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def resource_exhausted(e: BaseException) -> str | None:
+    """One line for a machine that ran out of memory or disk, or None for any other error."""
+    import errno
+
+    import torch
+
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"disk full: {e.filename or 'an output'} could not be written; free space and run it again"
+    out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
+    if out_of_memory:
+        return "out of memory: lower the batch size, the model or the dataset size (params), or use a larger machine"
+    return None
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -57,8 +73,6 @@ def stage(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipeline.stages import TrainingFailed
-
         # SIGTERM (a scheduler pre-empting the job) ends the run like Ctrl-C: the last checkpoint
         # is whole either way, this only makes the exit say so.
         signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -71,7 +85,13 @@ def stage(fn):
         except Interrupted as e:
             fail(str(e), 130)
         except KeyboardInterrupt:
-            fail("interrupted; run the same command again to resume from the last finished epoch", 130)
+            if fn.__name__ == "train":
+                fail("interrupted; run the same command again to resume from the last finished epoch", 130)
+            fail("interrupted; nothing it was writing replaced an earlier output (each file is written whole)", 130)
+        except Exception as e:
+            if (reason := resource_exhausted(e)) is None:
+                raise  # a bug: its traceback is what a report needs
+            fail(reason, 1)
 
     return wrapper
 
@@ -232,7 +252,10 @@ def methods(
     if write is None:
         typer.echo(text, nl=False)
     else:
-        atomic_write_text(write, text)
+        try:
+            atomic_write_text(write, text)
+        except OSError as e:
+            raise UserError(f"--write: cannot write {write} ({e.strerror})") from None
         typer.echo(f"wrote {write}")
 
 

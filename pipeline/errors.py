@@ -15,3 +15,8 @@ class ParamsError(UserError):
 
 class Interrupted(Exception):
     """Stopped by Ctrl-C or SIGTERM with its work kept: said in one line with how to go on, exit 130."""
+
+
+class TrainingFailed(RuntimeError):
+    """The run itself went wrong (a loss became NaN, no trial of a search finished): exit 1, the
+    earlier results kept."""

@@ -16,6 +16,7 @@ from ffl.artifact import load_model, save_model
 from ffl.cam import cam_picture, class_activation_maps, pick_examples
 from ffl.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, replace_directory
 from ffl.data import (
+    ArrayDataset,
     Augment,
     Dataset,
     DatasetNotFound,
@@ -39,12 +40,8 @@ from ffl.precision import resolve_precision
 from ffl.step_mode import StepMode, StepModeError, step_mode
 from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback, progress_bar
-from pipeline.errors import UserError
+from pipeline.errors import TrainingFailed, UserError
 from pipeline.params import Params, method_spec
-
-
-class TrainingFailed(RuntimeError):
-    """The run itself went wrong (a loss became NaN): exit 1, checkpoint kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,17 +52,27 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for but no CUDA device is available")
+    if device.type != "cpu":
+        try:  # an index past the last GPU, a backend this torch was built without
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise UserError(f"train.device: {name} is not usable here ({str(e).splitlines()[0]})") from None
     return device
 
 
-def ensure_writable(*dirs: Path) -> None:
-    for d in dirs:
+def ensure_writable(*dirs: Path, files: tuple[Path, ...] = ()) -> None:
+    """Output directories exist and can be written, and output files are not something else (a
+    directory): checked before any work, so a run never ends failing to save what it computed."""
+    for d in (*dirs, *(f.parent for f in files)):
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{d}: cannot create output directory ({e.strerror})") from None
         if not os.access(d, os.W_OK):
             raise UserError(f"{d}: output directory is not writable")
+    for f in files:
+        if f.exists() and not f.is_file():
+            raise UserError(f"{f}: is a directory or another non-file; move it away")
 
 
 # -- prepare -----------------------------------------------------------------------------------
@@ -96,6 +103,8 @@ def check_provenance(what: str, made_with: dict | None, params: Params, fix: str
     wanted = params.data.provenance()
     if made_with is None:
         raise UserError(f"{what}: made by an older version of ffl, with no record of its data params; {fix}")
+    if not isinstance(made_with, dict):
+        raise UserError(f"{what}: its record of the data params is malformed; {fix}")
     differ = [k for k in wanted if made_with.get(k) != wanted[k]]
     if differ:
         then = ", ".join(f"{k}={made_with.get(k)}" for k in differ)
@@ -194,6 +203,10 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
         size = f"{len(data.splits['train'])} images"
         size += f", after data.val_fraction={held} of the training set was held out" if held else ""
         raise UserError(f"train.batch_size: {t.batch_size} is larger than the training split ({size})")
+    a = params.data.augment
+    if isinstance(data, ArrayDataset) and a.pad_mode == "reflect" and a.pad >= data.splits["train"].images.shape[-1]:
+        size = data.splits["train"].images.shape[-1]
+        raise UserError(f"data.augment.pad: reflect padding must be smaller than the images ({size} px); got {a.pad}")
     mode = run_step_mode(params, device)
     train_loader = loader(params, data, "train", device, train=True)
     val = data.splits.get("val")
@@ -223,8 +236,10 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
         lock.acquire(timeout=0)
     except Timeout:
         raise UserError(f"{paths.CHECKPOINTS}: another training is running in this directory") from None
+    except OSError as e:
+        raise UserError(f"{paths.LOCK}: cannot take the training lock ({e.strerror}); remove it") from None
     try:
-        ensure_writable(paths.MODEL.parent, paths.DVCLIVE.parent)
+        ensure_writable(paths.DVCLIVE.parent, files=(paths.MODEL,))
         callbacks = [DVCLiveCallback(paths.LIVE)] + ([ProgressCallback()] if progress else [])
         trainer = build_trainer(params, data, device, callbacks, paths.CHECKPOINT)
         if fresh:
@@ -282,6 +297,7 @@ def evaluate(
 ) -> dict:
     """Top-1/top-5 error of every classifier on the test split, written as DVC metrics."""
     device = resolve_device(params.train.device)
+    ensure_writable(files=(out, confusion, cam))
     try:
         method, info = load_model(paths.MODEL)
     except CheckpointError as e:
@@ -304,7 +320,6 @@ def evaluate(
     rows = [
         {"actual": data.classes[a], "predicted": data.classes[b]} for a, b in zip(pred["targets"], pred["predicted"])
     ]
-    ensure_writable(out.parent, confusion.parent, cam.parent)
     atomic_write_text(confusion, json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n")
     write_cam_picture(method, test, data, cam)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

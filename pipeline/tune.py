@@ -27,7 +27,7 @@ import yaml
 from ffl.callbacks import Callback
 from ffl.checkpoint import atomic_save, atomic_write_text, config_difference
 from ffl.engine import NonFiniteLoss
-from pipeline.errors import Interrupted, UserError
+from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params, set_dotted, validate
 
 TUNE_DIR = Path("tune")
@@ -244,32 +244,38 @@ def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR, base
 
     t = params.tune
     rows = trial_rows(results, params)
+    scored = [r for r in rows if not r["status"].startswith("failed") and math.isfinite(r["score"])]
+    if not scored:
+        # Nothing to rank: tune/ keeps the last search's results, a set that agrees with itself.
+        reasons = sorted({r["status"] for r in rows})
+        raise TrainingFailed(
+            f"none of the {len(rows)} trials finished with a score ({'; '.join(reasons)[:300]}); "
+            f"{out} keeps the results of the last search that did"
+        )
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "trials.csv", table.getvalue())
-    scored = [r for r in rows if not r["status"].startswith("failed") and math.isfinite(r["score"])]
     summary = {
         "trials": len(rows),
         "completed": sum(r["status"] == "completed" for r in rows),
         "stopped_early": sum(r["status"] == "stopped early" for r in rows),
         "failed": sum(r["status"].startswith("failed") for r in rows),
     }
-    if scored:
-        best = min(scored, key=lambda r: r["score"])
-        best_config = {k: best[k] for k in t.dimensions()}
-        summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
-        ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
-        pairs = changed_params(base if base is not None else raw, ran)
-        atomic_write_text(
-            out / "best_params.yaml",
-            f"# What the best of {len(rows)} trials ran ({t.metric} = {best['score']:.4f}): "
-            "`ffl train -p tune/best_params.yaml`.\n"
-            f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: tune/best_overrides.txt\n"
-            + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
-        )
-        atomic_write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
+    best = min(scored, key=lambda r: r["score"])
+    best_config = {k: best[k] for k in t.dimensions()}
+    summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
+    ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
+    pairs = changed_params(base if base is not None else raw, ran)
+    atomic_write_text(
+        out / "best_params.yaml",
+        f"# What the best of {len(rows)} trials ran ({t.metric} = {best['score']:.4f}): "
+        "`ffl train -p tune/best_params.yaml`.\n"
+        f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: tune/best_overrides.txt\n"
+        + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
+    )
+    atomic_write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_plots(rows, params, out / "plots")
     return summary

@@ -93,9 +93,35 @@ def read_prepared(directory: str | Path, filename: str, field: str) -> tuple[dic
     if not (directory / "meta.json").exists() or not (directory / filename).exists():
         raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
     meta = json.loads((directory / "meta.json").read_text())
+    check_meta(meta)
     with np.load(directory / filename) as z:
-        splits = {s: (z[f"{s}_{field}"], z[f"{s}_labels"].astype(np.int64)) for s in SPLITS if f"{s}_labels" in z}
-    return meta, splits
+        splits = {s: (z[f"{s}_{field}"], z[f"{s}_labels"]) for s in SPLITS if f"{s}_labels" in z}
+    for split in ("train", "test"):
+        if not len(splits.get(split, ((), ()))[1]):
+            raise ValueError(f"its {split} split is missing or empty")
+    for split, (_, labels) in splits.items():
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(f"{split} labels are {labels.dtype} {labels.shape}, expected one integer per image")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["classes"]):
+            raise ValueError(f"{split} labels go beyond the {len(meta['classes'])} classes of meta.json")
+    return meta, {s: (x, y.astype(np.int64)) for s, (x, y) in splits.items()}
+
+
+def check_meta(meta) -> None:
+    """meta.json holds what ``prepared_meta`` writes, of the types it writes (ValueError if not)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta.json holds a {type(meta).__name__}, not a mapping")
+    numbers = lambda v: isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+    checks = {
+        "name": lambda v: isinstance(v, str),
+        "classes": lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v),
+        "mean": numbers,
+        "std": lambda v: numbers(v) and all(x > 0 for x in v),
+        "provenance": lambda v: v is None or isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key not in meta or not ok(meta[key]):
+            raise ValueError(f"meta.json: {key} is missing or malformed ({meta.get(key)!r:.60})")
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

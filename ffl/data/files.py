@@ -67,6 +67,8 @@ class FileDataset:
     @classmethod
     def load(cls, directory: str | Path) -> FileDataset:
         meta, splits = read_prepared(directory, "files.npz", "paths")
+        if not isinstance(meta.get("root"), str):
+            raise ValueError("meta.json: root is missing or malformed")
         return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta["root"], {
             s: FileSplit(paths, labels) for s, (paths, labels) in splits.items()
         })  # fmt: skip

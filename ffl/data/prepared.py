@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ffl.data.arrays import ArrayDataset
+from ffl.data.arrays import ArrayDataset, check_meta
 from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileDataset
 from ffl.data.loader import Augment, DeviceLoader
@@ -20,7 +20,9 @@ def load_dataset(directory: str | Path) -> Dataset:
     directory = Path(directory)
     if not (directory / "meta.json").exists():
         raise FileNotFoundError(f"no prepared dataset in {directory} (run `ffl prepare` first)")
-    form = json.loads((directory / "meta.json").read_text()).get("format", "arrays")
+    meta = json.loads((directory / "meta.json").read_text())
+    check_meta(meta)
+    form = meta.get("format", "arrays")
     if form == "files":
         return FileDataset.load(directory)
     if form == "arrays":
@@ -31,7 +33,8 @@ def load_dataset(directory: str | Path) -> Dataset:
 def prepared_provenance(directory: str | Path) -> dict | None:
     """What the prepared dataset in ``directory`` was made from, as its ``save`` was told."""
     meta = Path(directory) / "meta.json"
-    return json.loads(meta.read_text()).get("provenance") if meta.exists() else None
+    made_with = json.loads(meta.read_text()).get("provenance") if meta.exists() else None
+    return made_with if isinstance(made_with, dict) else None
 
 
 def split_loader(

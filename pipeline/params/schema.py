@@ -35,8 +35,8 @@ class Section(BaseModel):
 
 
 class ShapesParams(Section):
-    train_per_class: int = Field(ge=1)
-    test_per_class: int = Field(ge=1)
+    train_per_class: int = Field(ge=1, le=100_000)  # 10 classes of 32x32 images: 3 GB at the bound
+    test_per_class: int = Field(ge=1, le=100_000)
     noise: float = Field(ge=0, le=1)
 
 
@@ -112,9 +112,12 @@ def _auto_or_bool(v):
     return v
 
 
+MAX_SUBNETS = 64  # far beyond any paper's count; a typo's 100000 would otherwise build for hours
+
+
 def _auto_or_count(v):
-    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-        raise ValueError(f"expected auto or a whole number >= 1, got {v!r}")
+    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SUBNETS):
+        raise ValueError(f"expected auto or a whole number from 1 to {MAX_SUBNETS}, got {v!r}")
     return v
 
 
@@ -125,7 +128,7 @@ AutoCount = Annotated[Literal["auto"] | int, BeforeValidator(_auto_or_count)]
 class ModelParams(Section):
     arch: Arch  # every sub-network's architecture
     subnets: AutoCount  # how many; auto = the method's own (ONE 3, vanilla 1, others 2)
-    archs: list[Arch] | None = Field(min_length=1)  # one per sub-network: different architectures
+    archs: list[Arch] | None = Field(min_length=1, max_length=MAX_SUBNETS)  # one per sub-network, for different archs
     # auto: the method's own setting (FFL: shared when the archs are equal; ONE: shared; others: not).
     shared: AutoBool
 
