@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Feature Fusion Learning: prepare, train, evaluate, export, predict, tune, bench.",
+    help="Feature Fusion Learning: prepare, train, evaluate, export, predict, tune, reproduce, report, bench.",
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (dvc's params.yaml by default)")]
@@ -237,6 +237,56 @@ def predict(
             typer.echo(f"{r['file']}  " + "  ".join(f"{c} {p:.1%}" for c, p in r["top"]))
     if not results:
         fail(f"none of the {len(failed)} files could be read")
+
+
+TablesOpt = Annotated[Path, typer.Option(help="the tables' presets")]
+
+
+@app.command()
+@stage
+def reproduce(
+    table: Annotated[str, typer.Argument(help="a table of configs/tables.yaml (cifar100-dualnet, cifar100-one, ...)")],
+    seeds: Annotated[list[int], typer.Option(help="training seeds (repeatable)")] = [0, 1, 2],  # noqa: B006
+    rows: Annotated[list[str] | None, typer.Option(help="only these rows (repeatable); default: all")] = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    tables: TablesOpt = Path("configs/tables.yaml"),
+    address: Annotated[str | None, typer.Option(help="Ray cluster to run on: auto, or host:port")] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the runs and estimate their GPU time; run nothing")] = False,
+):
+    """A table of the paper over seeds: every (row, seed) a run on Ray, recorded as the DVC
+    experiment <table>-<row>-s<seed>. Runs recorded already are skipped, so the same command
+    continues an interrupted reproduction; a failed run is reported and the others go on.
+    -S applies to every run (and `ffl report` needs the same -S to find them). Packing and CPUs per
+    run: the reproduce section of the params file (--params)."""
+    from pipeline import reproduce as rp
+
+    runs = rp.plan(rp.load_tables(tables), table, rows, seeds, set_ or [])
+    if dry_run:
+        rp.dry_run(runs, echo=typer.echo)
+        return
+    summary = rp.reproduce(runs, _params(params, None), address=address, echo=typer.echo)
+    typer.echo(f"{len(summary['done'])} recorded, {len(summary['skipped'])} recorded before; `ffl report {table}`")
+
+
+@app.command()
+@stage
+def report(
+    table: Annotated[list[str], typer.Argument(help="tables of configs/tables.yaml")],
+    set_: SetOpt = None,
+    tables: TablesOpt = Path("configs/tables.yaml"),
+):
+    """The paper's table beside the runs that reproduce it (mean +- std over seeds, the difference):
+    reports/<table>.md, .json and .png, from every DVC experiment whose params are a row's."""
+    from pipeline import reproduce as rp
+    from pipeline.report import report as run
+
+    presets = rp.load_tables(tables)
+    for name in table:
+        preset, _ = rp.pick(presets, name, None)
+        path, entries = run(name, preset, set_ or [])
+        missing = sorted({e["row"] for e in entries if e["mean"] is None})
+        typer.echo(f"wrote {path}" + (f" (no runs yet: {', '.join(missing)})" if missing else ""))
 
 
 @app.command()

@@ -12,6 +12,9 @@ class ParamsError(UserError):
         super().__init__(f"{key}: {reason}" if key else reason)
         self.key, self.reason = key, reason
 
+    def __reduce__(self):  # copied and pickled by Ray with its arguments, not the formatted message
+        return type(self), (self.key, self.reason)
+
 
 class Interrupted(Exception):
     """Stopped by Ctrl-C or SIGTERM with its work kept: said in one line with how to go on, exit 130."""

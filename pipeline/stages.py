@@ -137,7 +137,7 @@ def load_prepared(params: Params, directory: Path = paths.PREPARED) -> Dataset:
 
 def run_config(params: Params) -> dict:
     """What a resumed run must share with the checkpoint: everything that changes the result."""
-    cfg = params.model_dump(mode="json", exclude={"evaluate", "tune"})
+    cfg = params.model_dump(mode="json", exclude={"evaluate", "tune", "reproduce"})
     cfg["train"].pop("device")  # a checkpoint may move between machines
     # The captured step replays the eager one exactly: a run that fails to capture on some GPU
     # resumes with cuda_graph false (README, "When things go wrong").

@@ -82,11 +82,11 @@ def apply_config(raw: dict, config: dict) -> dict:
 
 
 def trial_raw(params: Params, raw: dict) -> dict:
-    """The base params every trial starts from: `tune.epochs` as the trial length, no tune section."""
+    """The base params every trial starts from, `tune.epochs` as the trial length (a whole params
+    file: the tune section stays, it does not change a training run)."""
     base = copy.deepcopy(raw)
     if params.tune.epochs:
         set_dotted(base, "train.epochs", params.tune.epochs)
-    base.pop("tune", None)
     return base
 
 

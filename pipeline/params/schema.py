@@ -215,6 +215,13 @@ class EvaluateParams(Section):
     batch_size: int = Field(ge=1)
 
 
+class ReproduceParams(Section):
+    """`ffl reproduce`: how its runs share the machines (Ray resources per run)."""
+
+    runs_per_gpu: int = Field(ge=1, le=64)  # runs packed onto one GPU (each takes 1/runs_per_gpu of it)
+    cpus_per_run: float = Field(gt=0)
+
+
 class Params(Section):
     seed: int = Field(ge=0, lt=2**63)
     data: DataParams
@@ -223,6 +230,7 @@ class Params(Section):
     train: TrainParams
     evaluate: EvaluateParams
     tune: TuneParams
+    reproduce: ReproduceParams
 
     @property
     def method_class(self):

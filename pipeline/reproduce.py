@@ -1,0 +1,373 @@
+"""`ffl reproduce`: a table of the paper (configs/tables.yaml) over seeds, every run a DVC experiment.
+
+Ray runs the runs: on this machine, or on a cluster with ``--address``, each with
+``reproduce.cpus_per_run`` CPUs and ``1 / reproduce.runs_per_gpu`` of a GPU where there are GPUs
+(so that several small runs can share one). A run is the pipeline's own stages (prepare, train,
+evaluate) in a scratch directory of the worker; its outputs come back to this process, which
+records each finished run as a DVC experiment named ``<table>-<row>-s<seed>`` (`dvc exp save`
+in a git worktree of HEAD that shares the repository's refs and DVC cache): `dvc exp show`,
+`dvc metrics diff`, `dvc plots diff` and `dvc exp apply` then take it like any other experiment.
+A run already recorded at HEAD is not run again, so an interrupted reproduction continues where it
+stopped; a run that fails is reported with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import Interrupted, ParamsError, TrainingFailed, UserError
+from pipeline.params import Params, apply_overrides, read_yaml, validate
+
+TABLES = Path("configs/tables.yaml")
+# What `ffl reproduce --dry-run` scales its estimates from: `ffl bench` on an NVIDIA H100 (FFL,
+# two ResNet-32 branches, CIFAR-100, batch 128, whole-step CUDA graph; docs/benchmarks.md).
+BENCH_REFERENCE = {"gpu": "NVIDIA H100", "arch": "resnet32", "images_per_s": 24_799}
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Row(_Strict):
+    set: list[str] = Field(default_factory=list)
+    paper: dict[str, float]  # metric of metrics/test.json (top1_err.fused) -> the paper's number
+
+
+class Table(_Strict):
+    title: str
+    base: str
+    set: list[str] = Field(default_factory=list)
+    rows: dict[str, Row] = Field(min_length=1)
+
+
+def load_tables(path: Path = TABLES) -> dict[str, Table]:
+    raw = read_yaml(path)
+    tables = {}
+    for name, table in raw.items():
+        try:
+            tables[str(name)] = Table.model_validate(table)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in (name, *err["loc"]))
+            raise ParamsError(f"{path}: {where}", err["msg"]) from None
+    return tables
+
+
+def pick(tables: dict[str, Table], name: str, rows: list[str] | None) -> tuple[Table, list[str]]:
+    if name not in tables:
+        raise UserError(f"no table {name!r}; the tables are {', '.join(tables)}")
+    table = tables[name]
+    unknown = [r for r in rows or () if r not in table.rows]
+    if unknown:
+        raise UserError(f"--rows: {name} has no row {unknown[0]!r}; its rows are {', '.join(table.rows)}")
+    return table, list(rows or table.rows)
+
+
+def row_raw(table: Table, row: str, overrides: list[str] = ()) -> dict:
+    """The whole params file of a row: the table's base, its set, the row's set, then ``overrides``."""
+    return apply_overrides(read_yaml(table.base), [*table.set, *table.rows[row].set, *overrides])
+
+
+@dataclass(frozen=True)
+class Run:
+    table: str
+    row: str
+    seed: int
+    raw: dict
+    params: Params
+
+    @property
+    def name(self) -> str:  # the DVC experiment
+        return f"{self.table}-{self.row}-s{self.seed}"
+
+
+def plan(tables, name: str, rows: list[str] | None, seeds: list[int], overrides: list[str] = ()) -> list[Run]:
+    """Every (row, seed) run of a table, its params validated (a bad row stops before any run)."""
+    table, rows = pick(tables, name, rows)
+    runs = []
+    for row in rows:
+        for seed in seeds:
+            raw = apply_overrides(row_raw(table, row, overrides), [f"seed={seed}"])
+            try:
+                params = validate(raw)
+            except UserError as e:
+                raise UserError(f"{name}.{row}: {e}") from None
+            runs.append(Run(name, row, seed, raw, params))
+    return runs
+
+
+# -- the estimate of a dry run -----------------------------------------------------------------
+
+
+def train_images(p: Params) -> int | None:
+    d = p.data
+    if d.source == "shapes":
+        n = d.shapes.train_per_class * 10
+    elif d.source in TRAIN_IMAGES:
+        n = TRAIN_IMAGES[d.source]
+    else:
+        return None
+    return round(n * (1 - d.split_fraction()))
+
+
+def flops_per_image(p: Params) -> float:
+    """Forward FLOPs of the run's whole method (every sub-network, the fusion) on one image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ffl.methods import build_method
+    from pipeline.params import method_spec
+
+    classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}.get(p.data.source, 10)
+    size = p.data.files.image_size if p.data.source in ("imagenet", "imagefolder") else 32
+    method = build_method(method_spec(p, classes)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        method(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def estimate_hours(runs: list[Run]) -> dict[str, float | None]:
+    """GPU hours per run: its FLOPs per epoch against the reference's measured rate."""
+    ref = validate(read_yaml("configs/cifar100_resnet32.yaml"))
+    ref_flops = flops_per_image(ref)
+    out = {}
+    for run in runs:
+        images = train_images(run.params)
+        if images is None:
+            out[run.name] = None
+            continue
+        seconds = (
+            run.params.train.epochs
+            * images
+            * flops_per_image(run.params)
+            / (BENCH_REFERENCE["images_per_s"] * ref_flops)
+        )
+        out[run.name] = seconds / 3600
+    return out
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+OUTPUTS = ("models", "metrics", "plots", "dvclive")  # every stage's, prepare's aside (made where recorded)
+
+
+def execute(raw: dict, data_root: str, threads: float) -> dict[str, bytes]:
+    """One run, on whichever worker Ray chose: the stages in a scratch directory (prepare, train,
+    evaluate, export, as `dvc repro` runs them), the outputs back."""
+    import torch
+
+    from pipeline import stages
+
+    torch.set_num_threads(max(1, int(threads)))
+    params = validate(raw)
+    old = os.getcwd()
+    scratch = Path(tempfile.mkdtemp(prefix="ffl-run-"))
+    try:
+        os.chdir(scratch)
+        link_data_root(params, data_root)
+        stages.prepare(params)
+        stages.train(params, progress=False)
+        stages.evaluate(params)
+        stages.export()
+        return {str(f): f.read_bytes() for f in output_files()}
+    finally:
+        os.chdir(old)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def output_files() -> list[Path]:
+    files = []
+    for out in map(Path, OUTPUTS):
+        files += [out] if out.is_file() else sorted(f for f in out.rglob("*") if f.is_file())
+    return files
+
+
+def link_data_root(params: Params, data_root: str) -> None:
+    """``data.root`` as the params name it (data/raw), pointing at the dataset the driver found
+    (on a cluster: the same path on every node, or a shared mount)."""
+    root = Path(params.data.root)
+    if not root.is_absolute():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if not root.exists() and not root.is_symlink():
+            os.symlink(data_root, root)
+
+
+def git(*args: str, cwd: Path | str = ".") -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        raise UserError(f"git {' '.join(args)}: {proc.stderr.strip().splitlines()[-1] if proc.stderr else 'failed'}")
+    return proc.stdout
+
+
+def dvc(*args: str, cwd: Path | str = ".") -> str:
+    # DVC of this environment, whatever PATH holds.
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        lines = [x for x in (proc.stderr + proc.stdout).splitlines() if x.startswith("ERROR")] or ["failed"]
+        raise UserError(f"dvc {' '.join(args)}: {lines[-1]}")
+    return proc.stdout
+
+
+CODE = ("ffl", "pipeline", "dvc.yaml", "configs", "pyproject.toml")
+
+
+def check_repository() -> None:
+    """Runs are recorded against HEAD: the code they ran must be HEAD's."""
+    if not Path(".dvc").is_dir() or not Path(".git").exists():
+        raise UserError("ffl reproduce runs in the project's git + DVC repository (its root)")
+    changed = git("status", "--porcelain", "--", *CODE).strip()
+    if changed:
+        first = changed.splitlines()[0][3:]
+        raise UserError(
+            f"uncommitted changes ({first} ...): every run is recorded as an experiment of HEAD, "
+            "so the code it runs must be HEAD's; commit or stash them first"
+        )
+
+
+def recorded() -> set[str]:
+    """The experiments already recorded at HEAD (a run of that name is done)."""
+    return {line.strip() for line in dvc("exp", "ls", "--name-only").splitlines() if line.strip()}
+
+
+@contextlib.contextmanager
+def recorder():
+    """``record(run, files)``, saving each run as a DVC experiment of HEAD from a git worktree that
+    shares this repository's refs and DVC cache (the user's workspace is never touched)."""
+    repo = Path.cwd()
+    cache = dvc("cache", "dir").strip()
+    git("worktree", "prune")
+    tree = Path(tempfile.mkdtemp(prefix="ffl-reproduce-"))
+    git("worktree", "add", "--detach", "--force", str(tree), "HEAD")
+    try:
+        dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=tree)
+
+        def record(run: Run, files: dict[str, bytes]) -> None:
+            from ffl.data import prepared_provenance
+            from pipeline import stages
+
+            git("checkout", "--", ".", cwd=tree)
+            git("clean", "-fdq", cwd=tree)  # ignored outputs (data/) stay until replaced
+            for out in OUTPUTS:
+                target = tree / out
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+            for rel, content in files.items():
+                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tree / rel).write_bytes(content)
+            (tree / "params.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
+            # prepare's output, for dvc.lock: deterministic from the data params, made here once.
+            with working_directory(tree):
+                link_data_root(run.params, str((repo / run.params.data.root).resolve()))
+                if prepared_provenance("data/prepared") != run.params.data.provenance():
+                    stages.prepare(run.params)
+            (tree / "checkpoints").mkdir(exist_ok=True)  # train's persistent output, empty once a run finished
+            dvc("commit", "-f", cwd=tree)
+            dvc("exp", "save", "-f", "-n", run.name, "-I", "dvclive", "-I", "plots", "-I", "metrics", cwd=tree)
+
+        yield record
+    finally:
+        with contextlib.suppress(UserError):
+            git("worktree", "remove", "--force", str(tree))
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=print) -> dict:
+    """Runs what is not recorded yet; ``{"done": [...], "skipped": [...], "failed": {name: reason}}``."""
+    import ray
+
+    check_repository()
+    done_before = recorded()
+    todo = [r for r in runs if r.name not in done_before]
+    summary = {"done": [], "skipped": [r.name for r in runs if r.name in done_before], "failed": {}}
+    for name in summary["skipped"]:
+        echo(f"{name}: recorded already (dvc exp show); skipped")
+    if not todo:
+        return summary
+    if not ray.is_initialized():
+        from pipeline.tune import check_reachable
+
+        check_reachable(address or os.environ.get("RAY_ADDRESS"))
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    r = params.reproduce
+    gpus = 1 / r.runs_per_gpu if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote = ray.remote(execute).options(num_cpus=r.cpus_per_run, num_gpus=gpus, max_retries=0)
+    pending = {}
+    for run in todo:
+        root = str((Path.cwd() / run.params.data.root).resolve())
+        pending[remote.remote(run.raw, root, r.cpus_per_run)] = run
+    echo(f"{len(todo)} runs started ({len(summary['skipped'])} recorded already)")
+    try:
+        with recorder() as record:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(ready[0])
+                try:
+                    files = ray.get(ready[0])
+                except Exception as e:  # the run's own failure: reported, the others go on
+                    summary["failed"][run.name] = failure_reason(e)
+                    echo(f"{run.name}: failed: {summary['failed'][run.name]}")
+                    continue
+                record(run, files)
+                summary["done"].append(run.name)
+                echo(f"{run.name}: recorded as a DVC experiment")
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise Interrupted(
+            f"interrupted; {len(summary['done'])} runs recorded, {len(pending)} not: "
+            "the same command continues with those"
+        ) from None
+    if summary["failed"]:
+        raise TrainingFailed(
+            f"{len(summary['failed'])} of {len(todo)} runs failed "
+            f"({'; '.join(f'{k}: {v}' for k, v in summary['failed'].items())[:400]}); "
+            f"{len(summary['done'])} recorded; the same command runs the failed ones again"
+        )
+    return summary
+
+
+def failure_reason(e: Exception) -> str:
+    cause = getattr(e, "cause", None) or e
+    text = str(cause).strip()
+    return (text.splitlines()[-1] if text else type(cause).__name__)[:200]
+
+
+def dry_run(runs: list[Run], echo=print) -> dict:
+    hours = estimate_hours(runs)
+    done = recorded() if Path(".dvc").is_dir() else set()
+    for run in runs:
+        h = hours[run.name]
+        state = "recorded" if run.name in done else f"~{h:.2f} GPU h" if h is not None else "unknown size"
+        echo(f"{run.name:48s} {run.params.method.name:8s} {'+'.join(run.params.archs()):28s} {state}")
+    left = [hours[r.name] for r in runs if r.name not in done and hours[r.name] is not None]
+    ref = BENCH_REFERENCE
+    echo(
+        f"{len(runs)} runs, {len(runs) - len(left)} recorded or unknown; ~{sum(left):.1f} GPU hours left, scaled by "
+        f"FLOPs from ffl bench on an {ref['gpu']} (FFL 2x{ref['arch']}: {ref['images_per_s']:,} images/s; "
+        "docs/benchmarks.md): a lower bound for networks that leave the GPU idle"
+    )
+    return {"runs": [r.name for r in runs], "gpu_hours": hours}

@@ -1,0 +1,217 @@
+"""The paper's tables as presets: every row trains, `ffl reproduce` runs rows over seeds on Ray and
+records each run as a DVC experiment, `ffl report` sets them beside the paper's numbers."""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pipeline import reproduce as rp
+from pipeline.cli import app
+from pipeline.params import validate
+from pipeline.stages import build_trainer
+from tests.helpers import ROOT, tiny_params, write_params
+
+runner = CliRunner()
+TABLES = rp.load_tables(ROOT / "configs/tables.yaml")
+# The embedded dataset, one short epoch: the row's architecture, method and settings, other data.
+TINY = [
+    "data.source=shapes",
+    "data.shapes.train_per_class=8",
+    "data.shapes.test_per_class=4",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "train.device=cpu",
+    "train.compile=off",
+]
+SET_TINY = [arg for s in TINY for arg in ("-S", s)]
+
+
+@pytest.mark.parametrize(("table", "row"), [(t, r) for t, table in TABLES.items() for r in table.rows])
+def test_every_preset_row_trains_an_epoch(table, row, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the tables name their base files from the project's root
+    from ffl.data import make_shapes
+
+    full = validate(rp.row_raw(TABLES[table], row))  # the row as it runs on its own data
+    params = validate(rp.row_raw(TABLES[table], row, TINY))
+    assert params.data.protocol == "paper"  # every preset uses the authors' protocol
+    assert full.train.epochs == (300 if full.data.source.startswith("cifar") else full.train.epochs)
+    for key in TABLES[table].rows[row].paper:  # every paper number names a classifier the row reports
+        clf = key.split(".")[1]
+        assert clf in [*full.method_class.outputs(len(full.archs()), full.settings()), "sub_mean"], key
+    data = make_shapes(8, 4, 0.0, 0.1, 0)
+    trainer = build_trainer(params, data, torch.device("cpu"))
+    history = trainer.fit()
+    assert len(history) == 1 and all(torch.isfinite(torch.tensor(v)) for v in history[0].values())
+
+
+def test_the_ablation_rows_switch_what_docs_paper_md_says():
+    s = {r: validate(rp.row_raw(TABLES["cifar100-ablation"], r)).settings() for r in "ABCD"}
+    on = {r: (x.fusion.enabled, x.ekd.enabled, x.fkd.enabled) for r, x in s.items()}
+    assert on == {"A": (1, 1, 1), "B": (0, 0, 1), "C": (1, 0, 1), "D": (1, 1, 0)}
+
+
+def test_a_dry_run_lists_the_runs_and_scales_the_benchmark_figure(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["reproduce", "cifar100-dualnet", "--dry-run", "--seeds", "0", "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum(line.startswith("cifar100-dualnet-") for line in lines) == 16
+    # The reference of the figure itself: 300 epochs x 50,000 images at 24,799 images/s.
+    ref = next(line for line in lines if line.startswith("cifar100-dualnet-resnet32-ffl-s0"))
+    assert f"~{300 * 50_000 / 24_799 / 3600:.2f} GPU h" in ref
+    deeper = next(line for line in lines if line.startswith("cifar100-dualnet-resnet56-ffl-s0"))
+    assert float(deeper.split("~")[1].split()[0]) > 1.6 * float(ref.split("~")[1].split()[0])
+
+
+def test_unknown_tables_and_rows_are_named(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = runner.invoke(app, ["reproduce", "cifar1000", "--dry-run"])
+    assert code.exit_code == 2 and "no table 'cifar1000'; the tables are cifar100-dualnet" in code.output
+    code = runner.invoke(app, ["reproduce", "cifar100-ablation", "--rows", "E", "--dry-run"])
+    assert code.exit_code == 2 and "--rows: cifar100-ablation has no row 'E'; its rows are A, B, C, D" in code.output
+
+
+# -- the whole path: Ray, DVC experiments, the report -------------------------------------------
+
+
+ENV = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def run(cmd, cwd):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, shell=True, env=ENV)
+    assert proc.returncode == 0, f"{cmd}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the project as a git + DVC repository, and a local Ray for the module."""
+    import ray
+
+    d = tmp_path_factory.mktemp("repro")
+    for name in ("ffl", "pipeline", "configs"):
+        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d)
+    write_params(d, tiny_params())
+    (d / ".gitignore").write_text("__pycache__/\n/data/\n/models/\n/checkpoints/\n")
+    run("git init -q && git config user.email t@t && git config user.name t && dvc init -q", d)
+    shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")
+    run("git add -A && git commit -qm init", d)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield d
+    ray.shutdown()
+
+
+def ffl(repo, monkeypatch, *args):
+    monkeypatch.chdir(repo)
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def experiments(repo, what="metrics") -> dict[str, dict]:
+    """``{name: metrics/test.json's test section, or params.yaml}`` of every experiment at HEAD,
+    read from `dvc exp show` itself."""
+    out = {}
+    for baseline in json.loads(run("dvc exp show --json", repo)):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                out[rev["name"]] = (
+                    data["metrics"]["metrics/test.json"]["data"]["test"]
+                    if what == "metrics"
+                    else data["params"]["params.yaml"]["data"]
+                )
+    return out
+
+
+def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
+    rows = ["--rows", "A", "--rows", "D"]
+    # The first seed alone: what an interrupted reproduction leaves.
+    code, out = ffl(repo, monkeypatch, "reproduce", "cifar100-ablation", *rows, "--seeds", "0", *SET_TINY)
+    assert code == 0, out
+    assert set(experiments(repo)) == {"cifar100-ablation-A-s0", "cifar100-ablation-D-s0"}
+    # The same command with both seeds continues: the recorded runs are not run again.
+    code, out = ffl(
+        repo,
+        monkeypatch,
+        "reproduce",
+        "cifar100-ablation",
+        *rows,
+        "--seeds",
+        "0",
+        "--seeds",
+        "1",
+        *SET_TINY,
+    )
+    assert code == 0, out
+    assert "cifar100-ablation-A-s0: recorded already" in out and "2 recorded, 2 recorded before" in out
+    runs = experiments(repo)
+    assert set(runs) == {f"cifar100-ablation-{r}-s{s}" for r in "AD" for s in (0, 1)}
+    # Each is a whole experiment: its params are the row's, its model in DVC's cache.
+    params = experiments(repo, "params")["cifar100-ablation-D-s1"]
+    assert params["seed"] == 1 and params["method"]["ffl"]["fkd"]["enabled"] is False
+    assert params["data"]["protocol"] == "paper"
+
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", *SET_TINY)
+    assert code == 0 and "no runs yet: B, C" in out, out
+    report = json.loads((repo / "reports/cifar100-ablation.json").read_text())["rows"]
+    for entry in report:
+        if entry["row"] in "BC":
+            assert entry["mean"] is None and entry["seeds"] == []
+            continue
+        values = [runs[f"cifar100-ablation-{entry['row']}-s{s}"] for s in (0, 1)]
+        clf = entry["metric"].split(".")[1]
+        ours = [v["top1_err"][clf] for v in values]
+        assert entry["seeds"] == [0, 1]
+        assert entry["mean"] == pytest.approx(statistics.fmean(ours))
+        assert entry["std"] == pytest.approx(statistics.stdev(ours))
+        assert entry["difference"] == pytest.approx(statistics.fmean(ours) - entry["paper"])
+    md = (repo / "reports/cifar100-ablation.md").read_text()
+    assert "| B | top1_err.fused | 26.10 | no runs yet | 0 |  |" in md
+    assert (repo / "reports/cifar100-ablation.png").read_bytes().startswith(b"\x89PNG")
+    # Runs of other params (here: without the -S) are not taken for the row's.
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation")
+    assert "no runs yet: A, B, C, D" in out
+
+
+def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch, tmp_path):
+    tables = yaml.safe_load((ROOT / "configs/tables.yaml").read_text())
+    table = tables["cifar100-ablation"]
+    table["rows"]["diverges"] = {"set": ["train.lr=1e30", "train.momentum=0.99"], "paper": {"top1_err.fused": 1.0}}
+    path = Path(repo) / "tables.yaml"
+    path.write_text(yaml.safe_dump({"t": table}))
+    run("git add tables.yaml && git commit -qm tables", repo)
+    args = ["reproduce", "t", "--tables", "tables.yaml", "--rows", "diverges", "--rows", "C", "--seeds", "0"]
+    code, out = ffl(repo, monkeypatch, *args, *SET_TINY)
+    assert code == 1, out
+    assert "t-diverges-s0: failed:" in out and "became non-finite" in out
+    assert "1 of 2 runs failed" in out and "t-C-s0: recorded as a DVC experiment" in out
+    assert "t-C-s0" in experiments(repo) and "t-diverges-s0" not in experiments(repo)
+
+
+def test_uncommitted_code_is_refused_before_any_run(repo, monkeypatch):
+    (Path(repo) / "ffl/extra.py").write_text("# an uncommitted change\n")
+    try:
+        code, out = ffl(repo, monkeypatch, "reproduce", "cifar100-ablation", "--rows", "B", "--seeds", "0")
+        assert code == 2 and "uncommitted changes (ffl/extra.py ...)" in out
+    finally:
+        (Path(repo) / "ffl/extra.py").unlink()
+
+
+def test_a_recorded_run_applies_like_any_experiment(repo, monkeypatch):
+    """`dvc exp apply` brings a run's model back from the cache it was recorded into."""
+    run("dvc exp apply cifar100-ablation-A-s1", repo)
+    from ffl.artifact import load_model
+
+    method, info = load_model(Path(repo) / "models/model.pt")
+    assert method.name == "ffl" and info["provenance"]["data.source"] == "shapes"
+    run("git checkout -- . && git clean -fdq", repo)
