@@ -134,26 +134,27 @@ def experiments(repo, what="metrics") -> dict[str, dict]:
 
 
 def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
-    rows = ["--rows", "A", "--rows", "D"]
-    # The first seed alone: what an interrupted reproduction leaves.
-    code, out = ffl(repo, monkeypatch, "reproduce", "cifar100-ablation", *rows, "--seeds", "0", *SET_TINY)
+    import ray
+
+    args = ["reproduce", "cifar100-ablation", "--rows", "A", "--rows", "D", "--seeds", "0", "--seeds", "1", *SET_TINY]
+    # Ctrl-C while the first runs are under way: what is recorded stays recorded.
+    wait, calls = ray.wait, []
+
+    def interrupted_wait(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return wait(*a, **k)
+
+    monkeypatch.setattr(ray, "wait", interrupted_wait)
+    code, out = ffl(repo, monkeypatch, *args)
+    assert code == 130 and "interrupted; 1 runs recorded, 3 not: the same command continues with those" in out
+    assert len(experiments(repo)) == 1
+    monkeypatch.setattr(ray, "wait", wait)
+    # The same command continues: the recorded run is not run again.
+    code, out = ffl(repo, monkeypatch, *args)
     assert code == 0, out
-    assert set(experiments(repo)) == {"cifar100-ablation-A-s0", "cifar100-ablation-D-s0"}
-    # The same command with both seeds continues: the recorded runs are not run again.
-    code, out = ffl(
-        repo,
-        monkeypatch,
-        "reproduce",
-        "cifar100-ablation",
-        *rows,
-        "--seeds",
-        "0",
-        "--seeds",
-        "1",
-        *SET_TINY,
-    )
-    assert code == 0, out
-    assert "cifar100-ablation-A-s0: recorded already" in out and "2 recorded, 2 recorded before" in out
+    assert ": recorded already (dvc exp show); skipped" in out and "3 recorded, 1 recorded before" in out
     runs = experiments(repo)
     assert set(runs) == {f"cifar100-ablation-{r}-s{s}" for r in "AD" for s in (0, 1)}
     # Each is a whole experiment: its params are the row's, its model in DVC's cache.
