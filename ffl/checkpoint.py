@@ -84,8 +84,11 @@ def replace_directory(new: str | Path, old: str | Path) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """The reason in one line; a heading that ends in ':' (torch's state-dict errors) with its first item."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    if not lines:
+        return type(e).__name__
+    return f"{lines[0]} {lines[1][:200]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def safe_load(path: str | Path, fields: Mapping[str, type | tuple[type, ...]] = MappingProxyType({})) -> dict:

@@ -318,7 +318,22 @@ def bench(ctx: typer.Context):
 
 
 def main():  # console script entry point
-    app()
+    # Typer vendors Click and exports only this subclass of its UsageError (unknown options and
+    # commands, missing or malformed values).
+    usage_error = typer.BadParameter.__base__
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as e:
+        # One line, as for every other bad input (Click's own form is a usage block).
+        where = e.ctx.command_path if e.ctx else "ffl"
+        if not e.format_message() and e.ctx:  # `ffl` alone: the help
+            typer.echo(e.ctx.get_help())
+            sys.exit(2)
+        typer.echo(f"error: {where}: {e.format_message()} (`{where} --help` lists the options)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,8 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
             paths.CHECKPOINT.unlink(missing_ok=True)
         try:
             if trainer.resume_if_possible():
-                print(f"resuming from {paths.CHECKPOINT} at epoch {trainer.start_epoch}")
+                done, total = trainer.start_epoch, trainer.config.epochs
+                print(f"resuming from {paths.CHECKPOINT} at epoch {done + 1}/{total} ({done} done)")
         except CheckpointError as e:
             raise UserError(str(e)) from None
         try:

@@ -244,7 +244,7 @@ def test_a_setting_that_cannot_change_the_result_does_not_block_a_resume(workdir
     # Decoding workers change the speed, never the batches (ffl/data/file_loader.py).
     interrupted_checkpoint(workdir)
     code, output = ffl("train", "-S", "data.files.workers=3")
-    assert code == 0 and "resuming from checkpoints/last.pt at epoch 1" in output, output
+    assert code == 0 and "resuming from checkpoints/last.pt at epoch 2/2 (1 done)" in output, output
 
 
 def test_temporary_files_of_killed_writers_are_removed(workdir):
@@ -423,3 +423,20 @@ def test_a_search_without_one_scored_trial_keeps_the_last_results(workdir, monke
     with pytest.raises(TrainingFailed, match="none of the 2 trials finished with a score"):
         tune.write_results(None, params, tiny_params(), out=out)
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--bogus"], "error: ffl train: No such option: --bogus (`ffl train --help` lists the options)"),
+        (["tune", "--trials", "many"], "error: ffl tune: Invalid value for '--trials'"),
+    ],
+)
+def test_command_line_mistakes_end_in_one_line_too(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    script = "import sys; sys.argv[0] = 'ffl'; from pipeline.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr

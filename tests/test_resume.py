@@ -95,7 +95,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, uninterrupted, sig
     assert 2 <= stopped_at < EPOCHS
     resumed = ffl(tmp_path, "train")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from checkpoints/last.pt at epoch {stopped_at}" in resumed.stdout
+    assert f"resuming from checkpoints/last.pt at epoch {stopped_at + 1}/" in resumed.stdout
     result = final(tmp_path)
     assert result["test"] == uninterrupted["test"]  # bit for bit
     assert result["live"] == uninterrupted["live"]
