@@ -163,9 +163,10 @@ def estimate_hours(runs: list[Run]) -> dict[str, float | None]:
 OUTPUTS = ("models", "metrics", "plots", "dvclive")  # every stage's, prepare's aside (made where recorded)
 
 
-def execute(raw: dict, data_root: str, threads: float) -> dict[str, bytes]:
+def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes], str]:
     """One run, on whichever worker Ray chose: the stages in a scratch directory (prepare, train,
-    evaluate, export, as `dvc repro` runs them), the outputs back."""
+    evaluate, export, as `dvc repro` runs them); the outputs and the node back."""
+    import ray
     import torch
 
     from pipeline import stages
@@ -181,7 +182,8 @@ def execute(raw: dict, data_root: str, threads: float) -> dict[str, bytes]:
         stages.train(params, progress=False)
         stages.evaluate(params)
         stages.export()
-        return {str(f): f.read_bytes() for f in output_files()}
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        return {str(f): f.read_bytes() for f in output_files()}, node
     finally:
         os.chdir(old)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -326,14 +328,15 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 run = pending.pop(ready[0])
                 try:
-                    files = ray.get(ready[0])
+                    files, node = ray.get(ready[0])
                 except Exception as e:  # the run's own failure: reported, the others go on
                     summary["failed"][run.name] = failure_reason(e)
                     echo(f"{run.name}: failed: {summary['failed'][run.name]}")
                     continue
                 record(run, files)
                 summary["done"].append(run.name)
-                echo(f"{run.name}: recorded as a DVC experiment")
+                summary.setdefault("nodes", {})[run.name] = node
+                echo(f"{run.name}: recorded as a DVC experiment (ran on node {node[:8]})")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -1,6 +1,10 @@
 """Tiny params for end-to-end runs: seconds on a CPU."""
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -34,3 +38,27 @@ def write_params(directory: Path, raw: dict) -> Path:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+# This environment's tools (dvc) first on PATH, for the commands tests run as a user would.
+ENV = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def sh(cmd, cwd) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, shell=isinstance(cmd, str), env=ENV)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def project_repo(d: Path, raw: dict, ignore: str = "__pycache__/\n/data/\n/models/\n/checkpoints/\n") -> Path:
+    """A copy of this project (code, pipeline, presets) with ``raw`` as params.yaml, committed in a
+    fresh git + DVC repository."""
+    for name in ("ffl", "pipeline", "configs"):
+        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d)
+    write_params(d, raw)
+    (d / ".gitignore").write_text(ignore)
+    sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q", d)
+    shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")  # the charts' template
+    sh("git add -A && git commit -qm init", d)
+    return d

@@ -1,36 +1,22 @@
 """The DVC pipeline as a user drives it: dvc repro, dvc exp run -S, dvc exp show, metrics, plots."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, tiny_params, tune_section, write_params
+from tests.helpers import ENV, ROOT, project_repo, sh, tiny_params, tune_section
 
 pytestmark = pytest.mark.slow
 
 
-# dvc and the `ffl` stage commands come from the environment that runs the tests.
-ENV = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-
-
-def run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, shell=isinstance(cmd, str), env=ENV)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+run = sh
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A copy of this project with tiny params, as a git + DVC repository."""
-    d = tmp_path_factory.mktemp("repo")
-    for name in ("ffl", "pipeline"):
-        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d)
     raw = tiny_params()
     raw["tune"] = tune_section(
         trials=2,
@@ -39,12 +25,7 @@ def repo(tmp_path_factory):
         scheduler={"name": "fifo"},
         space={"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
     )
-    write_params(d, raw)
-    (d / ".gitignore").write_text("__pycache__/\n/tune/ray/\n")
-    run("git init -q && git config user.email t@t && git config user.name t", d)
-    run("dvc init -q", d)
-    shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")  # the charts' template
-    run("git add -A && git commit -qm init", d)
+    d = project_repo(tmp_path_factory.mktemp("repo"), raw, ignore="__pycache__/\n/tune/ray/\n")
     run("dvc repro -q", d)
     return Path(d)
 

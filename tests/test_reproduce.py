@@ -2,11 +2,7 @@
 records each run as a DVC experiment, `ffl report` sets them beside the paper's numbers."""
 
 import json
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ from pipeline import reproduce as rp
 from pipeline.cli import app
 from pipeline.params import validate
 from pipeline.stages import build_trainer
-from tests.helpers import ROOT, tiny_params, write_params
+from tests.helpers import ROOT, project_repo, sh, tiny_params
 
 runner = CliRunner()
 TABLES = rp.load_tables(ROOT / "configs/tables.yaml")
@@ -83,13 +79,7 @@ def test_unknown_tables_and_rows_are_named(monkeypatch):
 # -- the whole path: Ray, DVC experiments, the report -------------------------------------------
 
 
-ENV = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-
-
-def run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, shell=True, env=ENV)
-    assert proc.returncode == 0, f"{cmd}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+run = sh
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +87,7 @@ def repo(tmp_path_factory):
     """A copy of the project as a git + DVC repository, and a local Ray for the module."""
     import ray
 
-    d = tmp_path_factory.mktemp("repro")
-    for name in ("ffl", "pipeline", "configs"):
-        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d)
-    write_params(d, tiny_params())
-    (d / ".gitignore").write_text("__pycache__/\n/data/\n/models/\n/checkpoints/\n")
-    run("git init -q && git config user.email t@t && git config user.name t && dvc init -q", d)
-    shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")
-    run("git add -A && git commit -qm init", d)
+    d = project_repo(tmp_path_factory.mktemp("repro"), tiny_params())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield d
     ray.shutdown()

@@ -1,0 +1,54 @@
+"""A multi-node Ray cluster, simulated on this machine (two nodes with their own CPUs): the runs of
+`ffl reproduce` spread over the nodes, and each comes back to be recorded as a DVC experiment."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from tests.helpers import project_repo, sh, tiny_params
+
+pytestmark = pytest.mark.slow
+TINY = [
+    "data.source=shapes",
+    "data.shapes.train_per_class=8",
+    "data.shapes.test_per_class=4",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "train.device=cpu",
+    "train.compile=off",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_reproduce_spreads_runs_over_the_nodes_and_records_them_all(cluster, tmp_path, monkeypatch):
+    import ray
+
+    repo = project_repo(tmp_path, tiny_params())
+    monkeypatch.chdir(repo)
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    args = ["reproduce", "cifar100-ablation", "--rows", "A", "--seeds", "0", "--seeds", "1"]
+    result = CliRunner().invoke(app, [*args, *[a for s in TINY for a in ("-S", s)]])
+    assert result.exit_code == 0, result.output
+    # One CPU per node and per run: the two runs ran side by side, one on each node.
+    ran_on = [line.rsplit("node ", 1)[1].rstrip(")") for line in result.output.splitlines() if "ran on node" in line]
+    assert len(ran_on) == 2 and len(set(ran_on)) == 2
+    assert {r for r in ran_on} <= {n[:8] for n in nodes}
+    shown = json.loads(sh("dvc exp show --json", repo))
+    names = {rev["name"] for b in shown for e in b.get("experiments") or [] for rev in e["revs"]}
+    assert names == {"cifar100-ablation-A-s0", "cifar100-ablation-A-s1"}
