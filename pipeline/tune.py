@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import tempfile
@@ -46,7 +45,8 @@ class ReportToTune(Callback):
     def on_epoch_end(self, trainer, epoch, metrics):
         with tempfile.TemporaryDirectory() as d:
             atomic_save(trainer.state_dict(epoch + 1), Path(d) / "last.pt")
-            report = dict(metrics) | {CLOCK: epoch + 1}
+            # The node, for a cluster's trials.csv (Ray's own node_ip is one for all simulated nodes).
+            report = dict(metrics) | {CLOCK: epoch + 1, "node": ray.get_runtime_context().get_node_id()[:8]}
             ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
@@ -104,7 +104,7 @@ def distributions(params: Params) -> dict:
     return dists
 
 
-def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
+def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume: bool):
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
     from ray.tune.search.optuna import OptunaSearch
@@ -113,9 +113,10 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
     trainable = ray.tune.with_parameters(trial, raw=trial_raw(params, raw), data=data, metric=t.metric)
     resources = {"cpu": t.resources.cpu, "gpu": t.resources.gpu}
     trainable = ray.tune.with_resources(trainable, resources)
-    path = (storage / EXPERIMENT).resolve()  # Ray takes URIs: a relative path is not one
     if resume:
-        return ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return ray.tune.Tuner.restore(
+            storage.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     epochs = t.epochs or params.train.epochs
     if t.scheduler.name == "asha":
         scheduler = ASHAScheduler(
@@ -142,7 +143,7 @@ def build_tuner(params: Params, raw: dict, data, storage: Path, resume: bool):
         ),
         run_config=ray.tune.RunConfig(
             name=EXPERIMENT,
-            storage_path=str(storage.resolve()),
+            storage_path=storage.root,
             failure_config=ray.tune.FailureConfig(max_failures=t.max_failures),
             # Two, not one: Ray's experiment snapshot may still name the previous checkpoint when
             # the driver dies, and --resume must find it on disk.
@@ -208,6 +209,7 @@ def trial_rows(results, params: Params) -> list[dict]:
             "status": status,
             "epochs": done,
             "score": metrics.get(t.metric, float("nan")),
+            "node": metrics.get("node", ""),
         }
         row |= {k: (r.config or {}).get(k) for k in t.dimensions()}
         row |= {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss/total"))}
@@ -331,7 +333,54 @@ def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
         ) from None
 
 
-def check_same_search(experiment: Path, started_with: dict, now: dict) -> None:
+class SearchStorage:
+    """Where Ray Tune keeps a search (trial checkpoints, its state for --resume): tune/ray, or
+    ``tune.storage``, a path every node of a cluster reaches (a shared filesystem) or a URI
+    (s3://, gs://, ...). Read and written through pyarrow's filesystems, as Ray itself does, so one
+    code path serves both; the results for people (trials.csv, best params) land in tune/ either way."""
+
+    def __init__(self, root: str | None):
+        import pyarrow.fs
+
+        self.root = root if root and "://" in root else str(Path(root or TUNE_DIR / "ray").resolve())
+        try:
+            self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.root)
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError) as e:
+            raise UserError(f"tune.storage: {root!r} is not a path or a storage URI pyarrow knows ({e})") from None
+        self.experiment = f"{self.root.rstrip('/')}/{EXPERIMENT}"
+        self.shown = f"{(root or str(TUNE_DIR / 'ray')).rstrip('/')}/{EXPERIMENT}"  # as the user named it
+        self.record = f"{self.path.rstrip('/')}/{EXPERIMENT}.params.json"  # what the search runs
+
+    def __str__(self) -> str:
+        return self.shown
+
+    def has_search(self) -> bool:
+        import pyarrow.fs
+
+        info = self.fs.get_file_info(f"{self.path.rstrip('/')}/{EXPERIMENT}")
+        return info.type != pyarrow.fs.FileType.NotFound
+
+    def started_with(self) -> dict | None:
+        import pyarrow.fs
+
+        if self.fs.get_file_info(self.record).type == pyarrow.fs.FileType.NotFound:
+            return None
+        with self.fs.open_input_stream(self.record) as f:
+            return json.loads(f.read().decode())
+
+    def start(self, params: Params) -> None:
+        """Discards an earlier search and records what this one runs."""
+        import pyarrow.fs
+
+        experiment = f"{self.path.rstrip('/')}/{EXPERIMENT}"
+        if self.fs.get_file_info(experiment).type != pyarrow.fs.FileType.NotFound:
+            self.fs.delete_dir(experiment)
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(self.record) as f:
+            f.write((json.dumps(params.model_dump(mode="json"), indent=2) + "\n").encode())
+
+
+def check_same_search(experiment, started_with: dict, now: dict) -> None:
     """A resumed search runs the params it started with: otherwise one table would rank trials of
     two configurations."""
     differ = config_difference(started_with, now)  # the same comparison as a resumed training's
@@ -342,6 +391,28 @@ def check_same_search(experiment: Path, started_with: dict, now: dict) -> None:
         raise UserError(
             f"{experiment}: was started with other params ({shown}{more}); resume it with those, "
             "or start a new search with --fresh"
+        )
+
+
+def check_files_reach_every_node(data) -> None:
+    """An image-file dataset travels to the trials as an index of paths: every node must see the
+    images at the same place. Checked on each live node before any trial starts."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ffl.data import FileDataset
+
+    if not isinstance(data, FileDataset):
+        return  # the arrays themselves travel through Ray's object store
+    first = str(Path(data.root) / str(data.splits["train"].paths[0]))
+    probe = ray.remote(lambda path: Path(path).is_file())
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
+    seen = ray.get([probe.options(num_cpus=0, scheduling_strategy=on(n)).remote(first) for n in nodes])
+    missing = [n[:8] for n, ok in zip(nodes, seen) if not ok]
+    if missing:
+        raise UserError(
+            f"data.root: {first} is not on node(s) {', '.join(missing)} of the Ray cluster; every node needs "
+            f"the images under {data.root} (the same path, or a shared mount)"
         )
 
 
@@ -373,15 +444,14 @@ def tune(
     from pipeline.stages import load_prepared
 
     check_tune(params, raw)
-    storage = TUNE_DIR / "ray"
-    experiment = storage / EXPERIMENT
-    record = storage / f"{EXPERIMENT}.params.json"  # what the search runs: --resume must run the same
-    if resume and not experiment.exists():
+    storage = SearchStorage(params.tune.storage)
+    experiment = storage.shown
+    if resume and not storage.has_search():
         raise UserError(f"{experiment}: no search to resume")
-    if experiment.exists() and not resume and not fresh:
+    if storage.has_search() and not resume and not fresh:
         raise UserError(f"{experiment}: an earlier search is there; --resume continues it, --fresh discards it")
-    if resume and record.exists():
-        check_same_search(experiment, json.loads(record.read_text()), params.model_dump(mode="json"))
+    if resume and (started_with := storage.started_with()) is not None:
+        check_same_search(experiment, started_with, params.model_dump(mode="json"))
     data = load_prepared(params)
     # Short trials checkpoint every few seconds; that is by design, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -389,10 +459,9 @@ def tune(
         check_reachable(address or os.environ.get("RAY_ADDRESS"))
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     check_resources(params)
+    check_files_reach_every_node(data)
     if not resume:  # the earlier search is discarded only now, when the new one can start
-        shutil.rmtree(experiment, ignore_errors=True)
-        storage.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps(params.model_dump(mode="json"), indent=2) + "\n")
+        storage.start(params)
     tuner = build_tuner(params, raw, data, storage, resume)
     # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own
     # handler lets the running trials checkpoint and saves the search's state (Ray's would dump a

@@ -52,3 +52,55 @@ def test_reproduce_spreads_runs_over_the_nodes_and_records_them_all(cluster, tmp
     shown = json.loads(sh("dvc exp show --json", repo))
     names = {rev["name"] for b in shown for e in b.get("experiments") or [] for rev in e["revs"]}
     assert names == {"cifar100-ablation-A-s0", "cifar100-ablation-A-s1"}
+
+
+def test_a_search_spreads_trials_over_the_nodes_into_shared_storage(cluster, tmp_path, monkeypatch):
+    import csv
+
+    import ray
+
+    from pipeline.params import validate
+    from pipeline.stages import prepare
+    from pipeline.tune import tune
+    from tests.helpers import tune_section
+
+    monkeypatch.chdir(tmp_path)
+    shared = tmp_path / "shared"  # every node reaches it (here: the one filesystem)
+    raw = tiny_params()
+    raw["tune"] = tune_section(
+        trials=2,
+        epochs=1,
+        sampler="random",
+        scheduler={"name": "fifo"},
+        resources={"cpu": 1, "gpu": 0},
+        storage=str(shared),
+        space={"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
+    )
+    params = validate(raw)
+    prepare(params)
+    summary = tune(params, raw)
+    assert summary["completed"] == 2
+    with open(tmp_path / "tune/trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
+    assert {r["node"] for r in rows} == nodes  # one CPU per node and per trial: one trial on each
+    assert (shared / "search").is_dir() and not (tmp_path / "tune/ray").exists()
+
+
+def test_image_files_every_node_must_see_are_checked_on_each_node(cluster, tmp_path):
+    import numpy as np
+    import ray
+
+    from ffl.data import FileDataset, FileSplit
+    from pipeline.errors import UserError
+    from pipeline.tune import check_files_reach_every_node
+
+    split = FileSplit(np.array(["a/1.png"]), np.array([0]))
+    data = FileDataset("imagefolder", ["a"], (0.5,) * 3, (0.25,) * 3, str(tmp_path), {"train": split})
+    with pytest.raises(UserError) as e:
+        check_files_reach_every_node(data)
+    for node in (n["NodeID"][:8] for n in ray.nodes() if n["Alive"]):
+        assert node in str(e.value)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/1.png").write_bytes(b"")
+    check_files_reach_every_node(data)  # seen on every node: no error

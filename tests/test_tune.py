@@ -215,16 +215,20 @@ def test_an_address_nothing_answers_on_fails_at_once(workdir):
     assert not (workdir / "tune").exists()
 
 
-def test_resuming_with_other_params_is_refused(workdir):
-    write_params(workdir, search_params(trials=1, epochs=1))
+def test_a_search_in_shared_storage_resumes_and_refuses_other_params(workdir, tmp_path_factory):
+    # tune.storage: where a cluster's nodes all reach (here another folder); the results land in tune/.
+    shared = tmp_path_factory.mktemp("shared") / "ffl-tune"
+    write_params(workdir, search_params(trials=1, epochs=1, storage=str(shared)))
     assert ffl(workdir, "prepare").returncode == 0
     assert ffl(workdir, "tune").returncode == 0
+    assert (shared / "search").is_dir() and (shared / "search.params.json").is_file()
+    assert not (workdir / "tune/ray").exists()
     table = (workdir / "tune/trials.csv").read_text()
     result = ffl(workdir, "tune", "--resume", "-S", "train.momentum=0.5")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: tune/ray/search: was started with other params (train.momentum: 0.9 -> 0.5); "
+        f"error: {shared}/search: was started with other params (train.momentum: 0.9 -> 0.5); "
         "resume it with those, or start a new search with --fresh"
     )
     assert (workdir / "tune/trials.csv").read_text() == table
-    assert ffl(workdir, "tune", "--resume").returncode == 0  # the same params resume
+    assert ffl(workdir, "tune", "--resume").returncode == 0  # the same params resume, from the storage

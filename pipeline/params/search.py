@@ -95,6 +95,9 @@ class TuneParams(_Section):
     resources: ResourcesParams
     # Nested like the params it searches (method: {ffl: {temperature: {type: loguniform, ...}}}), so
     # that `-S tune.space.method.ffl.temperature.high=10` works; a mapping with a `type` is a dimension.
+    # Where Ray keeps the search: null = tune/ray here; on a cluster, a path every node reaches or a
+    # URI (s3://bucket/ffl-tune). The results for people land in tune/ either way.
+    storage: str | None
     space: dict[str, Any]
     _dims: dict[str, Dimension] = PrivateAttr(default_factory=dict)
 
