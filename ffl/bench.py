@@ -343,8 +343,13 @@ def _check(p: argparse.ArgumentParser, args) -> argparse.Namespace:
     return args
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as the other ffl commands say a mistake
+        self.exit(2, f"error: {self.prog}: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         prog="ffl bench",
         description=__doc__.splitlines()[0],
         formatter_class=_DefaultsHelp,

@@ -149,13 +149,29 @@ def load_images(paths: Sequence[Path], spec: InputSpec) -> tuple[torch.Tensor, l
     images, kept, failed = [], [], []
     for path in paths:
         try:
+            if not Path(path).is_file():  # a pipe or a device would block, a folder is no image
+                raise OSError(f"{path} is not a regular file")
             with Image.open(path) as img:
-                images.append(transform(img.convert("RGB")))
+                images.append(transform(to_rgb(img)))
             kept.append(path)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             failed.append((path, str(e).splitlines()[0] if str(e) else type(e).__name__))
     batch = torch.stack(images) if images else torch.empty(0, 3, spec.size, spec.size)
     return batch, kept, failed
+
+
+def to_rgb(img):
+    """8-bit RGB, whatever the file holds: 16- and 32-bit grey levels are scaled down (Pillow's own
+    conversion clips them at 255), palettes, alpha and CMYK converted."""
+    from PIL import Image
+
+    if img.mode.startswith("I") or img.mode == "F":
+        import numpy as np
+
+        levels = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or levels.max() > 255 else 255.0
+        img = Image.fromarray((levels / top * 255).clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 @torch.no_grad()

@@ -49,13 +49,18 @@ def fail(message: str, code: int = 2):
 
 
 def resource_exhausted(e: BaseException) -> str | None:
-    """One line for a machine that ran out of memory or disk, or None for any other error."""
+    """One line for a machine that ran out of memory or disk or refused a file, or None for any
+    other error (a bug, whose traceback is what a report needs)."""
     import errno
 
     import torch
 
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"disk full: {e.filename or 'an output'} could not be written; free space and run it again"
+    if isinstance(e, OSError) and e.filename:  # the machine refused a file (permissions, a read-only mount)
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "iostream error")):
+        return f"a file could not be written whole (disk full?): {str(e).splitlines()[0][:120]}"
     out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
     )
@@ -282,8 +287,10 @@ def report(
     from pipeline.report import report as run
 
     presets = rp.load_tables(tables)
-    for name in table:
-        preset, _ = rp.pick(presets, name, None)
+    chosen = {name: rp.pick(presets, name, None)[0] for name in table}  # every name checked before writing
+    for name in chosen:
+        rp.plan(presets, name, None, [0], set_ or [])  # every row's params valid (-S keys included)
+    for name, preset in chosen.items():
         path, entries = run(name, preset, set_ or [])
         missing = sorted({e["row"] for e in entries if e["mean"] is None})
         typer.echo(f"wrote {path}" + (f" (no runs yet: {', '.join(missing)})" if missing else ""))
@@ -302,6 +309,8 @@ def methods(
     if write is None:
         typer.echo(text, nl=False)
     else:
+        if write.exists() and not write.is_file():  # a device, a pipe, a folder: never replaced
+            raise UserError(f"--write: {write} is not a regular file")
         try:
             atomic_write_text(write, text)
         except OSError as e:
@@ -310,6 +319,7 @@ def methods(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@stage
 def bench(ctx: typer.Context):
     """Training-step throughput against the authors' recipe (`ffl bench --help` for its options)."""
     from ffl.bench import main as run

@@ -162,6 +162,8 @@ def picture(table: Table, entries: list[dict]) -> bytes:
 
 
 def report(name: str, table: Table, overrides: list[str] = (), out: Path = REPORTS) -> tuple[Path, list[dict]]:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is not a folder; the reports are written into one")
     entries = summarise(table, experiments(), overrides)
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()} for e in entries]
     atomic_write_text(out / f"{name}.json", json.dumps({"title": table.title, "rows": clean}, indent=2) + "\n")

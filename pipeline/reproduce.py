@@ -229,9 +229,9 @@ def check_repository() -> None:
     """Runs are recorded against HEAD: the code they ran must be HEAD's."""
     if not Path(".dvc").is_dir() or not Path(".git").exists():
         raise UserError("ffl reproduce runs in the project's git + DVC repository (its root)")
-    changed = git("status", "--porcelain", "--", *CODE).strip()
+    changed = [line for line in git("status", "--porcelain", "--", *CODE).splitlines() if line.strip()]
     if changed:
-        first = changed.splitlines()[0][3:]
+        first = changed[0][3:]  # after the two status letters and a space
         raise UserError(
             f"uncommitted changes ({first} ...): every run is recorded as an experiment of HEAD, "
             "so the code it runs must be HEAD's; commit or stash them first"

@@ -30,7 +30,8 @@ from ffl.data import (
     prepared_provenance,
     split_loader,
 )
-from ffl.deploy import FORMATS, IMAGE_SUFFIXES, Deployable, InputSpec, image_files, load_images
+from ffl.data.arrays import check_meta
+from ffl.deploy import FORMATS, IMAGE_SUFFIXES, MANIFEST, Deployable, InputSpec, image_files, load_images
 from ffl.deploy import export as deploy_export
 from ffl.deploy import predict as deploy_predict
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
@@ -305,6 +306,12 @@ def evaluate(
         raise UserError(str(e)) from None
     data = load_prepared(params)
     check_provenance(str(paths.MODEL), info.get("provenance"), params, "run `ffl train` (`dvc repro` runs it)")
+    trained_on = (info.get("input") or {}).get("size")
+    if isinstance(data, ArrayDataset) and trained_on and data.splits["test"].images.shape[-1] != trained_on:
+        raise UserError(
+            f"{paths.PREPARED}: test images of {data.splits['test'].images.shape[-1]} px, but the model was trained "
+            f"on {trained_on} px; run `ffl prepare` again"
+        )
     test = loader(params, data, "test", device)
     method.to(device)
     if params.train.channels_last:
@@ -357,8 +364,24 @@ def trained_model(model: Path = paths.MODEL):
         raise UserError(str(e)) from None
     if "input" not in info:
         raise UserError(f"{model}: made by an older version of ffl, with no record of its input size; run `ffl train`")
+    check_model_info(model, info, method)
     spec = InputSpec(info["input"]["size"], info["input"]["resize"], tuple(info["mean"]), tuple(info["std"]))
     return method.eval(), spec, list(info["classes"])
+
+
+def check_model_info(model: Path, info: dict, method) -> None:
+    """The model file's record of its data (classes, normalisation, input size) is whole and fits
+    the network: what predict, export and evaluation read it for."""
+    try:
+        check_meta(info)
+        size = info["input"]["size"]
+        resize = info["input"]["resize"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096 for v in (size, resize)):
+            raise ValueError(f"input size {size!r} / resize {resize!r} is not a whole number of pixels from 8")
+        if len(info["classes"]) != method.spec()["num_classes"]:
+            raise ValueError(f"{len(info['classes'])} class names for {method.spec()['num_classes']} outputs")
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{model}: its record of the data is malformed ({e})") from None
 
 
 def check_classifier(method, name: str) -> str:
@@ -387,6 +410,7 @@ def export(
     unknown = [f for f in formats or () if f not in FORMATS]
     if unknown:
         raise UserError(f"--format: {unknown[0]!r}; expected one of {', '.join(FORMATS)}")
+    check_export_folder(out)
     ensure_writable(out.parent)
     # Written beside, then swapped in: a failed export leaves the previous files whole.
     staging = out.with_name(f".{out.name}.new-{os.getpid()}")
@@ -394,9 +418,29 @@ def export(
     try:
         files = deploy_export(method, spec, classes, staging, names, formats or FORMATS)
         replace_directory(staging, out)
+    except OSError as e:
+        raise UserError(f"--out: cannot write {out} ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out / f.name for f in files]
+
+
+def check_export_folder(out: Path) -> None:
+    """``--out`` is replaced whole: it may only be a new folder or one that holds an export."""
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise UserError(f"--out: {out} is the project itself; name a folder of its own (models/export)")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"--out: {out} is not a folder")
+    if out.is_dir():
+        if os.path.ismount(out):
+            raise UserError(f"--out: {out} is a mount point; name a folder inside it")
+        foreign = [p.name for p in out.iterdir() if p.name != MANIFEST and p.suffix.lstrip(".") not in FORMATS]
+        if foreign:
+            raise UserError(
+                f"--out: {out} holds other files ({', '.join(sorted(foreign)[:3])}); an export replaces its folder "
+                "whole, so name a new one or an earlier export's"
+            )
 
 
 def predict(

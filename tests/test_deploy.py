@@ -169,3 +169,42 @@ def test_fused_features_feed_another_task():
         fmap = method.fused_features(images)
         assert fmap.shape == (8, 64, 8, 8)
         torch.testing.assert_close(method.fusion.classifier(fmap), method(images)["fused"])
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("models", "--out: models holds other files (model.pt); an export replaces its folder whole"),
+        (".", "--out: . is the project itself"),
+        ("params.yaml", "--out: params.yaml is not a folder"),
+    ],
+)
+def test_export_never_replaces_a_folder_that_is_not_an_export(workdir, out, message):
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and ".lock" not in p.name}
+    code, output = ffl("export", "--out", out)
+    assert (code == 2 and output == f"error: {message}") or message in output, output
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and ".lock" not in p.name} == before
+
+
+def test_predict_reads_16_bit_greys_and_skips_pipes(workdir, tmp_path):
+    import os
+
+    ramp = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would block forever
+    from ffl.deploy import InputSpec, load_images
+
+    spec = InputSpec(32, 32, (0.5,) * 3, (0.25,) * 3)
+    images, kept, failed = load_images([tmp_path / "ramp16.png", tmp_path / "pipe.png"], spec)
+    assert kept == [tmp_path / "ramp16.png"] and failed[0][0] == tmp_path / "pipe.png"
+    # The 16-bit levels scaled to [0, 1], not clipped at 255 (Pillow's own conversion would).
+    torch.testing.assert_close(images[0, 0], torch.from_numpy(ramp / 65535).float(), atol=1 / 255, rtol=0)
+
+
+def test_a_model_whose_record_of_the_data_is_malformed_is_refused(workdir, tmp_path):
+    model = torch.load(paths.MODEL, weights_only=True)
+    model["dataset"]["classes"] = ["a", "b", "c"]
+    torch.save(model, tmp_path / "m.pt")
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    code, out = ffl("predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m.pt"))
+    assert code == 2 and "its record of the data is malformed (3 class names for 10 outputs)" in out

@@ -198,3 +198,11 @@ def test_a_recorded_run_applies_like_any_experiment(repo, monkeypatch):
     method, info = load_model(Path(repo) / "models/model.pt")
     assert method.name == "ffl" and info["provenance"]["data.source"] == "shapes"
     run("git checkout -- . && git clean -fdq", repo)
+
+
+def test_report_checks_every_table_and_key_before_writing(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", "nosuch")
+    assert code == 2 and "no table 'nosuch'" in out and not (Path(repo) / "reports/cifar100-ablation.md").exists()
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", "-S", "nokey=1")
+    assert code == 2 and "nokey: unknown key" in out

@@ -223,7 +223,7 @@ class ReproduceParams(Section):
 
 
 class Params(Section):
-    seed: int = Field(ge=0, lt=2**63)
+    seed: int = Field(ge=0, lt=2**32)  # numpy's and every loader's seed range (seeds of epochs derive from it)
     data: DataParams
     model: ModelParams
     method: MethodParams
