@@ -34,6 +34,33 @@ def tune_section(**changes) -> dict:
     return tune
 
 
+def temperature_search(**changes) -> dict:
+    """A small search: a few one-epoch trials over FFL's temperature, in the order they come."""
+    return tune_section(
+        **{
+            "trials": 2,
+            "epochs": 1,
+            "sampler": "random",
+            "scheduler": {"name": "fifo"},
+            "space": {"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
+        }
+        | changes
+    )
+
+
+# A row of a paper's table on the embedded dataset for one short epoch (`-S` pairs): its
+# architecture, method and settings, other data.
+TINY_RUN = [
+    "data.source=shapes",
+    "data.shapes.train_per_class=8",
+    "data.shapes.test_per_class=4",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "train.device=cpu",
+    "train.compile=off",
+]
+
+
 def write_params(directory: Path, raw: dict) -> Path:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -7,18 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from tests.helpers import project_repo, sh, tiny_params
+from tests.helpers import TINY_RUN, project_repo, sh, tiny_params
 
 pytestmark = pytest.mark.slow
-TINY = [
-    "data.source=shapes",
-    "data.shapes.train_per_class=8",
-    "data.shapes.test_per_class=4",
-    "train.epochs=1",
-    "train.batch_size=16",
-    "train.device=cpu",
-    "train.compile=off",
-]
+TINY = TINY_RUN
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +54,12 @@ def test_a_search_spreads_trials_over_the_nodes_into_shared_storage(cluster, tmp
     from pipeline.params import validate
     from pipeline.stages import prepare
     from pipeline.tune import tune
-    from tests.helpers import tune_section
+    from tests.helpers import temperature_search
 
     monkeypatch.chdir(tmp_path)
     shared = tmp_path / "shared"  # every node reaches it (here: the one filesystem)
     raw = tiny_params()
-    raw["tune"] = tune_section(
-        trials=2,
-        epochs=1,
-        sampler="random",
-        scheduler={"name": "fifo"},
-        resources={"cpu": 1, "gpu": 0},
-        storage=str(shared),
-        space={"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
-    )
+    raw["tune"] = temperature_search(resources={"cpu": 1, "gpu": 0}, storage=str(shared))
     params = validate(raw)
     prepare(params)
     summary = tune(params, raw)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, ROOT, project_repo, sh, tiny_params, tune_section
+from tests.helpers import ENV, ROOT, project_repo, sh, temperature_search, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +18,7 @@ run = sh
 def repo(tmp_path_factory):
     """A copy of this project with tiny params, as a git + DVC repository."""
     raw = tiny_params()
-    raw["tune"] = tune_section(
-        trials=2,
-        epochs=1,
-        sampler="random",
-        scheduler={"name": "fifo"},
-        space={"method": {"ffl": {"temperature": {"type": "uniform", "low": 2.0, "high": 4.0}}}},
-    )
+    raw["tune"] = temperature_search()
     d = project_repo(tmp_path_factory.mktemp("repo"), raw, ignore="__pycache__/\n/tune/ray/\n")
     run("dvc repro -q", d)
     return Path(d)

@@ -14,20 +14,12 @@ from pipeline import reproduce as rp
 from pipeline.cli import app
 from pipeline.params import validate
 from pipeline.stages import build_trainer
-from tests.helpers import ROOT, project_repo, sh, tiny_params
+from tests.helpers import ROOT, TINY_RUN, project_repo, sh, tiny_params
 
 runner = CliRunner()
 TABLES = rp.load_tables(ROOT / "configs/tables.yaml")
 # The embedded dataset, one short epoch: the row's architecture, method and settings, other data.
-TINY = [
-    "data.source=shapes",
-    "data.shapes.train_per_class=8",
-    "data.shapes.test_per_class=4",
-    "train.epochs=1",
-    "train.batch_size=16",
-    "train.device=cpu",
-    "train.compile=off",
-]
+TINY = TINY_RUN
 SET_TINY = [arg for s in TINY for arg in ("-S", s)]
 
 
