@@ -77,10 +77,13 @@ def replace_directory(new: str | Path, old: str | Path) -> None:
     worst, the old one under ``.<name>.old-<pid>`` beside it), never a mixture."""
     new, old = Path(new), Path(old)
     aside = _beside(old, "old")
-    if old.exists():
+    if old.exists() or old.is_symlink():
         os.replace(old, aside)
     os.replace(new, old)
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_symlink():  # the link itself was set aside, not what it points to
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _first_line(e: BaseException) -> str:

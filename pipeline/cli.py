@@ -92,7 +92,7 @@ def stage(fn):
         except KeyboardInterrupt:
             if fn.__name__ == "train":
                 fail("interrupted; run the same command again to resume from the last finished epoch", 130)
-            fail("interrupted; nothing it was writing replaced an earlier output (each file is written whole)", 130)
+            fail("interrupted; no output is left half-written or mixed with another run's; run it again", 130)
         except Exception as e:
             if (reason := resource_exhausted(e)) is None:
                 raise  # a bug: its traceback is what a report needs
@@ -341,7 +341,8 @@ def main():  # console script entry point
             sys.exit(2)
         typer.echo(f"error: {where}: {e.format_message()} (`{where} --help` lists the options)", err=True)
         sys.exit(2)
-    except typer.Abort:
+    except typer.Abort:  # an interrupt outside a command's own handling (while Click starts or ends)
+        typer.echo("error: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

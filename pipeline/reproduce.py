@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from pipeline.errors import Interrupted, ParamsError, TrainingFailed, UserError
 from pipeline.params import Params, apply_overrides, read_yaml, validate
@@ -39,22 +41,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# Table and row names make experiment names (git refs) and report file names: plain words only.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+
+def _no_seed(changes: list[str]) -> list[str]:
+    if any(c.partition("=")[0].strip() == "seed" for c in changes):
+        raise ValueError("seed is set by `ffl reproduce --seeds`, not by a table or a row")
+    return changes
+
+
 class Row(_Strict):
-    set: list[str] = Field(default_factory=list)
+    set: Annotated[list[str], AfterValidator(_no_seed)] = Field(default_factory=list)
     paper: dict[str, float]  # metric of metrics/test.json (top1_err.fused) -> the paper's number
 
 
 class Table(_Strict):
     title: str
     base: str
-    set: list[str] = Field(default_factory=list)
-    rows: dict[str, Row] = Field(min_length=1)
+    set: Annotated[list[str], AfterValidator(_no_seed)] = Field(default_factory=list)
+    rows: dict[Annotated[str, StringConstraints(pattern=NAME)], Row] = Field(min_length=1)
 
 
 def load_tables(path: Path = TABLES) -> dict[str, Table]:
     raw = read_yaml(path)
     tables = {}
     for name, table in raw.items():
+        if not re.match(NAME, str(name)):
+            raise ParamsError(f"{path}: {name}", "a table's name is a plain word (letters, digits, - and _)")
         try:
             tables[str(name)] = Table.model_validate(table)
         except ValidationError as e:
@@ -103,8 +117,24 @@ def plan(tables, name: str, rows: list[str] | None, seeds: list[int], overrides:
                 params = validate(raw)
             except UserError as e:
                 raise UserError(f"{name}.{row}: {e}") from None
+            if seed == seeds[0]:
+                check_paper_metrics(f"{name}.{row}", table.rows[row].paper, params)
             runs.append(Run(name, row, seed, raw, params))
     return runs
+
+
+def check_paper_metrics(where: str, paper: dict[str, float], params: Params) -> None:
+    """Every number of the paper names a metric the row's runs report (or the report could never
+    fill it in)."""
+    from pipeline.params import method_outputs
+
+    classifiers = method_outputs(params) + (["sub_mean"] if len(params.archs()) > 1 else [])
+    for key in paper:
+        kind, _, clf = key.partition(".")
+        if kind not in ("top1_err", "top5_err") or clf not in classifiers:
+            raise UserError(
+                f"{where}.paper.{key}: not a metric its runs report (top1_err or top5_err of {', '.join(classifiers)})"
+            )
 
 
 # -- the estimate of a dry run -----------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import zipfile
 from pathlib import Path
 
@@ -328,16 +330,31 @@ def evaluate(
     rows = [
         {"actual": data.classes[a], "predicted": data.classes[b]} for a, b in zip(pred["targets"], pred["predicted"])
     ]
-    atomic_write_text(confusion, json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n")
-    write_cam_picture(method, test, data, cam)
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    picture = cam_picture_png(method, test, data)
+    # The three files are one result: written together, with Ctrl-C and SIGTERM held off for the
+    # few milliseconds it takes, so an interrupt leaves all of them old or all of them new.
+    with signals_deferred():
+        atomic_write_text(confusion, json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n")
+        atomic_write_bytes(cam, picture)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM wait until the block is done (then arrive as usual)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 CAM_IMAGES = 8  # test images in the picture: the first of each of the first eight classes
 
 
-def write_cam_picture(method, test, data: Dataset, out: Path) -> None:
+def cam_picture_png(method, test, data: Dataset) -> bytes:
     """Class activation maps of every classifier for a fixed set of test images (the first of each
     class, in the test split's order), for the true class: where each one sees the evidence."""
     images, targets = next(iter(test))
@@ -350,7 +367,7 @@ def write_cam_picture(method, test, data: Dataset, out: Path) -> None:
     picture = cam_picture((images.float() * std + mean).cpu(), maps, [data.classes[t] for t in targets.tolist()])
     png = io.BytesIO()
     picture.save(png, format="PNG")
-    atomic_write_bytes(out, png.getvalue())
+    return png.getvalue()
 
 
 # -- using the trained model -------------------------------------------------------------------

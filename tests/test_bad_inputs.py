@@ -397,7 +397,7 @@ def test_bench_refuses_bad_arguments_before_timing_anything(args, capsys):
         (MemoryError(), 1, "error: out of memory: lower the batch size"),
         (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB"), 1, "out of memory"),
         (OSError(28, "No space left on device", "models/model.pt"), 1, "error: disk full: models/model.pt could"),
-        (KeyboardInterrupt(), 130, "error: interrupted; nothing it was writing replaced an earlier output"),
+        (KeyboardInterrupt(), 130, "error: interrupted; no output is left half-written or mixed"),
     ],
 )
 def test_a_machine_out_of_memory_or_disk_or_an_interrupt_ends_in_one_line(workdir, monkeypatch, raised, code, line):
@@ -442,3 +442,27 @@ def test_command_line_mistakes_end_in_one_line_too(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
+
+
+def test_a_symlinked_curves_folder_is_replaced_without_litter(workdir, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "live"
+    elsewhere.mkdir()
+    (workdir / "dvclive").symlink_to(elsewhere)
+    assert ffl("train")[0] == 0
+    assert (workdir / "dvclive/metrics.json").is_file() and not list(workdir.glob(".dvclive.old-*"))
+    assert elsewhere.is_dir()  # the link was set aside, not the folder it pointed to
+
+
+def test_evaluation_writes_its_outputs_with_interrupts_held_off():
+    import os
+    import signal
+
+    from pipeline.stages import signals_deferred
+
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between two of the files
+            written.append("confusion")
+            written.append("metrics")
+    assert written == ["confusion", "metrics"]  # both, then the interrupt

@@ -198,3 +198,27 @@ def test_report_checks_every_table_and_key_before_writing(repo, monkeypatch):
     assert code == 2 and "no table 'nosuch'" in out and not (Path(repo) / "reports/cifar100-ablation.md").exists()
     code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", "-S", "nokey=1")
     assert code == 2 and "nokey: unknown key" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: {"../../escape": t}, "../../escape: a table's name is a plain word"),
+        (lambda t: {"t": t | {"rows": {"r 1": t["rows"]["A"]}}}, "t.rows.r 1.[key]: String should match pattern"),
+        (lambda t: {"t": t | {"set": ["seed=5"]}}, "seed is set by `ffl reproduce --seeds`, not by a table or a row"),
+        (
+            lambda t: {"t": t | {"rows": {"A": {"set": [], "paper": {"top1_err.bogus": 50.0}}}}},
+            "t.A.paper.top1_err.bogus: not a metric its runs report (top1_err or top5_err of sub0, sub1, ensemble, "
+            "fused, sub_mean)",
+        ),
+    ],
+)
+def test_tables_that_could_not_be_recorded_or_reported_are_refused_before_any_run(
+    tmp_path, monkeypatch, change, message
+):
+    table = yaml.safe_load((ROOT / "configs/tables.yaml").read_text())["cifar100-ablation"]
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(change(table)))
+    monkeypatch.chdir(ROOT)
+    name = next(iter(change(table)))
+    result = runner.invoke(app, ["reproduce", name, "--tables", str(tmp_path / "t.yaml"), "--dry-run"])
+    assert result.exit_code == 2 and message in result.output, result.output
