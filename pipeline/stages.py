@@ -342,13 +342,23 @@ def evaluate(
 
 @contextlib.contextmanager
 def signals_deferred():
-    """SIGINT and SIGTERM wait until the block is done (then arrive as usual)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """SIGINT and SIGTERM wait until the block is done, then reach their usual handler. (Python's
+    handlers, not a signal mask: a mask holds for one thread, and torch's threads would take them.)"""
+    caught: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            else:  # the default action (SIGTERM ends the process)
+                os.kill(os.getpid(), caught[0])
 
 
 CAM_IMAGES = 8  # test images in the picture: the first of each of the first eight classes

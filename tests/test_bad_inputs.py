@@ -460,9 +460,8 @@ def test_evaluation_writes_its_outputs_with_interrupts_held_off():
     from pipeline.stages import signals_deferred
 
     written = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between two of the files
-            written.append("confusion")
-            written.append("metrics")
+    with pytest.raises(KeyboardInterrupt), signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between two of the files
+        written.append("confusion")
+        written.append("metrics")
     assert written == ["confusion", "metrics"]  # both, then the interrupt
