@@ -308,6 +308,7 @@ def evaluate(
         raise UserError(str(e)) from None
     data = load_prepared(params)
     check_provenance(str(paths.MODEL), info.get("provenance"), params, "run `ffl train` (`dvc repro` runs it)")
+    check_same_model(method, params, data.num_classes)
     trained_on = (info.get("input") or {}).get("size")
     if isinstance(data, ArrayDataset) and trained_on and data.splits["test"].images.shape[-1] != trained_on:
         raise UserError(
@@ -362,6 +363,18 @@ def signals_deferred():
 
 
 CAM_IMAGES = 8  # test images in the picture: the first of each of the first eight classes
+
+
+def check_same_model(method, params: Params, num_classes: int) -> None:
+    """The model file holds the network the params describe: metrics are recorded against them."""
+    saved, wanted = method.spec(), method_spec(params, num_classes)
+    names = {"method": "method.name", "archs": "model.archs", "shared": "model.shared", "settings": "method settings"}
+    differ = [k for k in names if saved.get(k) != wanted.get(k)]
+    if differ:
+        then = ", ".join(f"{names[k]}={saved.get(k)}" for k in differ[:2])
+        raise UserError(
+            f"{paths.MODEL}: trained with {then}, which the params do not say; run `ffl train` (`dvc repro` runs it)"
+        )
 
 
 def cam_picture_png(method, test, data: Dataset) -> bytes:

@@ -465,3 +465,9 @@ def test_evaluation_writes_its_outputs_with_interrupts_held_off():
         written.append("confusion")
         written.append("metrics")
     assert written == ["confusion", "metrics"]  # both, then the interrupt
+
+
+@pytest.mark.parametrize("change", ["model.arch=resnet14", "method.name=dml", "method.ffl.temperature=4"])
+def test_evaluation_refuses_a_model_the_params_do_not_describe(workdir, change):
+    assert ffl("train")[0] == 0 and ffl("evaluate")[0] == 0
+    assert_refused(["evaluate", "-S", change], 2, "error: models/model.pt: trained with ", workdir)
