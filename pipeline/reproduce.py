@@ -171,17 +171,17 @@ def estimate_hours(runs: list[Run]) -> dict[str, float | None]:
     """GPU hours per run: its FLOPs per epoch against the reference's measured rate."""
     ref = validate(read_yaml("configs/cifar100_resnet32.yaml"))
     ref_flops = flops_per_image(ref)
+    flops: dict[tuple[str, str], float] = {}  # a row's seeds run the same network: counted once
     out = {}
     for run in runs:
         images = train_images(run.params)
         if images is None:
             out[run.name] = None
             continue
+        if (run.table, run.row) not in flops:
+            flops[run.table, run.row] = flops_per_image(run.params)
         seconds = (
-            run.params.train.epochs
-            * images
-            * flops_per_image(run.params)
-            / (BENCH_REFERENCE["images_per_s"] * ref_flops)
+            run.params.train.epochs * images * flops[run.table, run.row] / (BENCH_REFERENCE["images_per_s"] * ref_flops)
         )
         out[run.name] = seconds / 3600
     return out
@@ -203,19 +203,17 @@ def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes]
 
     torch.set_num_threads(max(1, int(threads)))
     params = validate(raw)
-    old = os.getcwd()
     scratch = Path(tempfile.mkdtemp(prefix="ffl-run-"))
     try:
-        os.chdir(scratch)
-        link_data_root(params, data_root)
-        stages.prepare(params)
-        stages.train(params, progress=False)
-        stages.evaluate(params)
-        stages.export()
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        return {str(f): f.read_bytes() for f in output_files()}, node
+        with working_directory(scratch):
+            link_data_root(params, data_root)
+            stages.prepare(params)
+            stages.train(params, progress=False)
+            stages.evaluate(params)
+            stages.export()
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+            return {str(f): f.read_bytes() for f in output_files()}, node
     finally:
-        os.chdir(old)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
