@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ffl import distributed
 from ffl.callbacks import Callback
 from ffl.checkpoint import CheckpointError, atomic_save, config_difference, reading, safe_load
 from ffl.metrics import evaluate, topk_correct
@@ -120,12 +121,42 @@ class EpochSums:
         self.step.add_(1)
         return group
 
+    @staticmethod
+    def _across_ranks(groups: list[EpochGroup], flat: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Every rank's sums and counts added up; a term's first non-finite step is the earliest
+        any rank saw (every rank's groups are the same: they take the same steps)."""
+        sums, bad, counts = [], [], []
+        offset = 0
+        for g in groups:
+            k = len(g.names)
+            sums.append(flat[offset : offset + k])
+            bad.append(flat[offset + k : offset + 2 * k])
+            offset += 2 * k
+        counts = torch.tensor([float(g.count) for g in groups], device=flat.device)
+        total = distributed.sum_across(torch.cat([*sums, counts]))
+        # The earliest bad step is the largest negated one; -1 (never) is kept below every step.
+        negated = distributed.max_across(
+            torch.cat([torch.where(b >= 0, -b, torch.full_like(b, -(2**40))) for b in bad])
+        )
+        first = torch.where(negated > -(2**40), -negated, torch.full_like(negated, -1.0))
+        out, i, j = [], 0, 0
+        for g in groups:
+            k = len(g.names)
+            out += [total[i : i + k], first[j : j + k]]
+            i, j = i + k, j + k
+        return torch.cat(out), [int(c) for c in total[i:].tolist()]
+
     def read(self, epoch: int) -> dict[str, float]:
         """Means of the losses, top-1 errors in %; raises NonFiniteLoss naming the first term that went bad."""
         groups = [g for g in self.groups.values() if g.count]
         if not groups:
             return {}
-        flat = torch.cat([torch.cat([g.sums, g.first_bad.float()]) for g in groups]).tolist()
+        flat = torch.cat([torch.cat([g.sums, g.first_bad.float()]) for g in groups])
+        if distributed.current().distributed:
+            flat, counts = self._across_ranks(groups, flat)
+            for g, count in zip(groups, counts):
+                g.count = count
+        flat = flat.tolist()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         first_bad: list[tuple[int, str]] = []
@@ -148,10 +179,13 @@ class EpochSums:
         }
 
 
-def check_step(config: TrainConfig, method, device: torch.device, precision: str) -> None:
-    """The configured step mode is one ``step_mode`` accepts for this method, device and precision."""
+def check_step(config: TrainConfig, method, device: torch.device, precision: str, processes: int = 1) -> None:
+    """The configured step mode is one ``step_mode`` accepts for this method, device, precision and
+    number of processes."""
     try:
-        step_mode(type(method), method.settings, device.type, precision, config.compile or "off", config.cuda_graph)
+        step_mode(
+            type(method), method.settings, device.type, precision, config.compile or "off", config.cuda_graph, processes
+        )
     except StepModeError as e:
         raise ValueError(str(e)) from None
 
@@ -201,6 +235,20 @@ class Trainer:
         method.to(self.device)
         if train_loader.channels_last:
             method.to(memory_format=torch.channels_last)
+        # Under torchrun (ffl.distributed): DDP averages the ranks' gradients in the backward pass
+        # and hands rank 0's batch-norm buffers to every rank at each forward. Methods that choose
+        # per step which networks learn (DualNet) leave some parameters without gradients.
+        self.ranks = distributed.current()
+        self.model = (
+            torch.nn.parallel.DistributedDataParallel(
+                method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=not method.static_step,
+                gradient_as_bucket_view=True,
+            )
+            if self.ranks.distributed
+            else method
+        )
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(
             method.param_groups(config.weight_decay),
@@ -213,7 +261,7 @@ class Trainer:
             self.optimizer, multistep_factor(config.milestones, config.gamma)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        check_step(config, method, self.device, self.precision)
+        check_step(config, method, self.device, self.precision, self.ranks.world)
         # Forward, loss and the step's statistics compile as one function: with CUDA graphs
         # (reduce-overhead) all of it replays as one launch; the epoch enters as a tensor.
         self.step_fn = torch.compile(self._forward_loss, mode=config.compile) if config.compile else self._forward_loss
@@ -243,11 +291,13 @@ class Trainer:
         }
 
     def save_checkpoint(self, next_epoch: int) -> None:
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and self.ranks.main:
             atomic_save(self.state_dict(next_epoch), self.checkpoint_path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        ckpt = safe_load(path, CHECKPOINT_FIELDS)
+        self._apply_checkpoint(path, safe_load(path, CHECKPOINT_FIELDS))
+
+    def _apply_checkpoint(self, path: str | Path, ckpt: dict) -> None:
         if ckpt["format"] != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
         diff = config_difference(ckpt["config"], self.run_config)
@@ -270,16 +320,34 @@ class Trainer:
         self.history = ckpt["history"]
 
     def resume_if_possible(self) -> bool:
-        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+        if self.checkpoint_path is None:
+            return False
+        if not self.ranks.distributed:
+            if not self.checkpoint_path.exists():
+                return False
             self.load_checkpoint(self.checkpoint_path)
             return True
-        return False
+        # Rank 0 reads the checkpoint it wrote and hands it to every rank: other nodes need not see
+        # its disk, and all ranks resume from the same state (or all refuse with the same reason).
+        found = None
+        if self.ranks.main and self.checkpoint_path.exists():
+            try:
+                found = safe_load(self.checkpoint_path, CHECKPOINT_FIELDS)
+            except CheckpointError as e:
+                found = e
+        found = distributed.from_main(found)
+        if isinstance(found, CheckpointError):
+            raise found
+        if found is None:
+            return False
+        self._apply_checkpoint(self.checkpoint_path, found)
+        return True
 
     # -- the loop ----------------------------------------------------------------------------
     def _forward_loss(self, x, y, epoch):
         # Autocast's weight-cast cache would be frozen into a captured graph: off when capturing.
         with autocast(self.device, self.precision, cache=self.step_graph is None):
-            outputs = self.method(x)
+            outputs = self.model(x)
         terms = self.method.loss(outputs, y, epoch)
         total = torch.stack(list(terms.values())).sum()
         return total, terms, self._correct(outputs, y)
@@ -346,6 +414,14 @@ class Trainer:
                 cb.on_step(self, epoch, step)
         return self.sums.read(epoch)  # the epoch's one host sync
 
+    @torch.no_grad()
+    def _same_buffers(self) -> None:
+        """Rank 0's batch-norm statistics on every rank before evaluating (each rank has added its
+        own last batch to them since DDP's last broadcast): the ranks evaluate one model."""
+        if self.ranks.distributed:
+            for b in self.method.buffers():
+                torch.distributed.broadcast(b, 0)
+
     def fit(self) -> list[dict]:
         for cb in self.callbacks:
             cb.on_train_start(self, self.start_epoch, list(self.history))
@@ -358,6 +434,7 @@ class Trainer:
             self.scheduler.step()
             metrics["lr"] = lr
             if self.val_loader is not None and len(self.val_loader):
+                self._same_buffers()
                 for name, errs in evaluate(self.method, self.val_loader, self.precision).items():
                     metrics[f"val/top1_err/{name}"] = errs["top1_err"]
             metrics["epoch"] = epoch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ffl import distributed
 from ffl.precision import autocast
 
 
@@ -25,6 +26,18 @@ def _batches(method, loader, precision: str, progress):
             yield outputs, y
     finally:
         method.train(was_training)
+
+
+def _across_ranks(correct: dict[str, torch.Tensor], n: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Every rank's hits and sample count added up (each evaluated its part of every batch; a rank
+    whose parts were all empty has no classifiers to name, hence objects rather than a tensor)."""
+    parts = [None] * distributed.current().world
+    torch.distributed.all_gather_object(parts, ({k: v.tolist() for k, v in correct.items()}, n))
+    total: dict[str, torch.Tensor] = {}
+    for hits, _ in parts:
+        for name, c in hits.items():
+            total[name] = total.get(name, torch.zeros(2, dtype=torch.long)) + torch.tensor(c)
+    return total, sum(count for _, count in parts)
 
 
 @torch.no_grad()
@@ -54,6 +67,10 @@ def evaluate_and_predict(
             targets.append(y)
             predicted.append(outputs[kept].argmax(dim=1))
         n += len(y)
+    if distributed.current().distributed:
+        if prefer:
+            raise ValueError("predictions are collected in one process only")
+        correct, n = _across_ranks(correct, n)
     result = {}
     for name, c in correct.items():
         top1, top5 = c.tolist()

@@ -35,15 +35,32 @@ def step_mode(
     precision: str,
     compile: str = "auto",
     cuda_graph: bool | str = "auto",
+    processes: int = 1,
 ) -> StepMode:
     """The step of ``method_cls`` (with ``settings``) on ``device_type`` (None: unknown, check only).
 
     ``precision`` is resolved or ``auto`` (never fp16); ``compile`` is auto, off or a torch.compile
-    mode; ``cuda_graph`` auto, True or False. Raises StepModeError for a combination that cannot run.
+    mode; ``cuda_graph`` auto, True or False; ``processes`` the DDP world size. Raises StepModeError
+    for a combination that cannot run.
     """
     name = method_cls.name
     static = method_cls.static_step
     own = method_cls.has_own_step(settings)
+    if processes > 1:
+        # DDP reduces gradients once per forward of the wrapped model; a step of several updates
+        # (DML's peers in turn) runs its networks outside that forward.
+        if own:
+            raise StepModeError(
+                "processes",
+                f"{name}'s step updates the networks several times per batch, which DDP cannot split over "
+                f"processes: train with one process, or choose the method's one-update step",
+            )
+        # A captured step would hold the gradient all-reduce inside a CUDA graph: not attempted.
+        if cuda_graph is True:
+            raise StepModeError("cuda_graph", "the whole-step graph runs in one process: set it to auto or false")
+        if compile in COMPILE_MODES_WITH_GRAPHS:
+            raise StepModeError("compile", f"{compile} brings CUDA graphs, not used under DDP: use default or off")
+        cuda_graph = False
     explicit = compile not in ("auto", "off", None)
     if explicit and not static:
         raise StepModeError("compile", f"{name} decides each step in Python: it trains eagerly (off)")
@@ -69,7 +86,7 @@ def step_mode(
         cuda_graph == "auto" and cuda and static and precision != "fp16" and compile not in COMPILE_MODES_WITH_GRAPHS
     )
     if compile == "auto":
-        mode = None if (not cuda or not static or own or graph) else "reduce-overhead"
+        mode = None if (not cuda or not static or own or graph or processes > 1) else "reduce-overhead"
     else:
         mode = None if compile in ("off", None) else compile
     return StepMode(graph, mode)

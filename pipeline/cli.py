@@ -148,7 +148,8 @@ def train(
     from pipeline.stages import train as run
 
     p = _params(params, set_)
-    typer.echo(f"saved {run(p, fresh=fresh)}")
+    if (model := run(p, fresh=fresh)) is not None:  # None: one of several DDP processes, not rank 0
+        typer.echo(f"saved {model}")
 
 
 @app.command()

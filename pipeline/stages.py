@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
+from ffl import distributed
 from ffl.artifact import load_model, save_model
 from ffl.cam import cam_picture, class_activation_maps, pick_examples
 from ffl.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, replace_directory
@@ -165,13 +166,22 @@ def run_step_mode(params: Params, device: torch.device) -> StepMode:
             resolve_precision(t.precision, device),
             t.compile,
             t.cuda_graph,
+            t.processes,
         )
     except StepModeError as e:
         raise UserError(f"train.{e.key}: {e.reason}") from None
 
 
-def loader(params: Params, data: Dataset, split: str, device: torch.device, train: bool = False):
-    """The one way the stages (and tune trials) turn a prepared split into batches."""
+def loader(
+    params: Params,
+    data: Dataset,
+    split: str,
+    device: torch.device,
+    train: bool = False,
+    ranks: distributed.Ranks = distributed.Ranks(),
+):
+    """The one way the stages (and tune trials) turn a prepared split into batches (this rank's
+    part of each, under DDP)."""
     a, f = params.data.augment, params.data.files
     return split_loader(
         data,
@@ -184,6 +194,7 @@ def loader(params: Params, data: Dataset, split: str, device: torch.device, trai
         channels_last=params.train.channels_last,
         augment=Augment(a.pad, a.pad_mode, a.flip),
         files=FileSettings(f.image_size, f.resize, f.workers),
+        ranks=ranks,
     )
 
 
@@ -211,9 +222,10 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
         size = data.splits["train"].images.shape[-1]
         raise UserError(f"data.augment.pad: reflect padding must be smaller than the images ({size} px); got {a.pad}")
     mode = run_step_mode(params, device)
-    train_loader = loader(params, data, "train", device, train=True)
+    ranks = distributed.current()
+    train_loader = loader(params, data, "train", device, train=True, ranks=ranks)
     val = data.splits.get("val")
-    val_loader = loader(params, data, "val", device) if val is not None and len(val) else None
+    val_loader = loader(params, data, "val", device, ranks=ranks) if val is not None and len(val) else None
     config = TrainConfig(
         epochs=t.epochs,
         lr=t.lr,
@@ -229,11 +241,42 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
     return Trainer(method, train_loader, config, val_loader, list(callbacks), checkpoint, run_config(params))
 
 
-def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
-    """Trains, checkpointing every epoch, resuming from the last checkpoint of the same configuration."""
-    device = resolve_device(params.train.device)
+def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | None:
+    """Trains, checkpointing every epoch, resuming from the last checkpoint of the same configuration.
+
+    With ``train.processes`` > 1 it starts that many DDP processes on this machine through torchrun,
+    each of which comes back here as one rank (pipeline/launch.py); under an outside torchrun
+    (several machines) this process is one rank already. Returns the model file where this process
+    saved it (rank 0), else None."""
+    ranks = distributed.launched()
+    if ranks is None and params.train.processes > 1:
+        from pipeline.launch import train_processes
+
+        return train_processes(params, fresh)
+    ranks = ranks or distributed.Ranks()
+    if ranks.world != params.train.processes:
+        raise UserError(
+            f"train.processes: {params.train.processes}, but torchrun started {ranks.world} processes; "
+            f"set train.processes={ranks.world} (the global batch and the results depend on it)"
+        )
+    device = distributed.rank_device(resolve_device(params.train.device), ranks)
     data = load_prepared(params)
-    ensure_writable(paths.CHECKPOINTS)
+    with distributed.process_group(device, ranks):
+        if not ranks.main:
+            _train(params, data, device, fresh=False, progress=False, main=False)
+            return None  # rank 0 saves the model
+        ensure_writable(paths.CHECKPOINTS)
+        return _train(params, data, device, fresh, progress, main=True)
+
+
+def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, progress: bool, main: bool) -> Path:
+    """One process's training: rank 0 (``main``) holds the lock and writes the checkpoints, the
+    curves and the model; other ranks only train."""
+    if not main:
+        trainer = build_trainer(params, data, device, checkpoint=paths.CHECKPOINT)  # read through rank 0
+        trainer.resume_if_possible()
+        trainer.fit()
+        return paths.MODEL
     lock = FileLock(str(paths.LOCK))
     try:
         lock.acquire(timeout=0)
@@ -257,6 +300,8 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path:
             trainer.fit()
         except NonFiniteLoss as e:
             raise TrainingFailed(str(e)) from None
+        except torch.distributed.DistBackendError as e:
+            raise TrainingFailed(f"another training process stopped ({str(e).splitlines()[0]})") from None
         spec = input_spec(params, data)
         save_model(
             trainer.method,

@@ -23,6 +23,7 @@ from torchvision.datasets.folder import default_loader
 
 from ffl.data.files import FileSplit
 from ffl.data.loader import Batches
+from ffl.distributed import Ranks
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,12 @@ class FileLoader(Batches):
         seed: int = 0,
         channels_last: bool = False,
         files: FileSettings = FileSettings(),
+        ranks: Ranks = Ranks(),
+        lockstep: bool = False,
     ):
-        super().__init__(len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last)
+        super().__init__(
+            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep
+        )
         if train:
             steps = [transforms.RandomResizedCrop(files.image_size)]
             steps += [transforms.RandomHorizontalFlip()] if flip else []
@@ -93,13 +98,15 @@ class FileLoader(Batches):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         key = self.epoch_key
         self.dataset.base = key * len(self.dataset)
+        # The epoch's order is RandomSampler's (randperm from the epoch's generator); the batches are
+        # this rank's parts of the global ones (ffl.distributed).
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(key)) if self.shuffle else torch.arange(n)
         # Workers are started per epoch (not persistent) so that each one holds this epoch's base.
         batches = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            generator=torch.Generator().manual_seed(key),
-            drop_last=self.drop_last,
+            batch_sampler=[order[start:stop].tolist() for start, stop in self.rank_batches()],
+            generator=torch.Generator().manual_seed(key),  # the workers' base seed: not the training RNG's draw
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )

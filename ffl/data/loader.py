@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ffl.data.arrays import Split
+from ffl.distributed import Ranks, shard, usable_batches
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,11 @@ class Augment:
 class Batches:
     """What the engine, the step graph and evaluation read of a loader, whichever feeds it."""
 
-    def __init__(self, size, batch_size, mean, std, device, shuffle, drop_last, seed, channels_last):
+    def __init__(self, size, batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < ranks.world:
+            raise ValueError(f"batch_size {batch_size} leaves some of the {ranks.world} processes without samples")
         self.device = torch.device(device)
         self.size = size
         self.batch_size = batch_size
@@ -40,14 +43,31 @@ class Batches:
         self.drop_last = drop_last
         self.seed = seed
         self.channels_last = channels_last
+        # Under DDP (ffl.distributed): this process's part of every global batch of batch_size.
+        self.ranks = ranks
+        # Training under DDP steps every rank in lockstep: a last batch too small to give every rank
+        # a sample is dropped. Evaluation keeps every sample (a rank may get an empty part).
+        self.lockstep = lockstep
         self.epoch = 0
 
     def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+        """Global batches, the same number on every rank."""
+        world = self.ranks.world if self.lockstep else 1
+        return usable_batches(self.size, self.batch_size, self.drop_last, world)
 
     @property
     def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else self.size
+        """Samples an epoch uses, over all ranks."""
+        return sum(stop - start for start, stop in self.global_batches())
+
+    def global_batches(self) -> list[tuple[int, int]]:
+        """[start, stop) positions in the epoch's order of every global batch."""
+        return [(i * self.batch_size, min((i + 1) * self.batch_size, self.size)) for i in range(len(self))]
+
+    def rank_batches(self) -> list[tuple[int, int]]:
+        """This rank's part of each global batch (empty parts left out)."""
+        parts = [shard(start, stop, self.ranks) for start, stop in self.global_batches()]
+        return [(start, stop) for start, stop in parts if stop > start]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -75,8 +95,12 @@ class DeviceLoader(Batches):
         drop_last: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        ranks: Ranks = Ranks(),
+        lockstep: bool = False,
     ):
-        super().__init__(len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last)
+        super().__init__(
+            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep
+        )
         self.images = torch.from_numpy(split.images).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
         self.augment = augment
@@ -105,8 +129,8 @@ class DeviceLoader(Batches):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, offsets, flips = self._plan()
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        for start, stop in self.rank_batches():
+            idx = order[start:stop]
             x = self.normalise(self.images[idx])
             if self.augment is not None:
                 if self.augment.pad:

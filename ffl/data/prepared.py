@@ -11,6 +11,7 @@ from ffl.data.arrays import ArrayDataset, check_meta
 from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileDataset
 from ffl.data.loader import Augment, DeviceLoader
+from ffl.distributed import Ranks
 
 Dataset = ArrayDataset | FileDataset
 
@@ -49,9 +50,11 @@ def split_loader(
     channels_last: bool = False,
     augment: Augment = Augment(),
     files: FileSettings = FileSettings(),
+    ranks: Ranks = Ranks(),
 ):
     """Training batches (shuffled, augmented; the last partial batch dropped unless ``keep_last``, as
-    the authors' protocol keeps it) when ``train``, else every sample in order."""
+    the authors' protocol keeps it) when ``train``, else every sample in order. Under DDP each
+    rank gets its part of every batch of ``batch_size`` (ffl.distributed)."""
     if isinstance(data, FileDataset):
         return FileLoader(
             data.splits[split],
@@ -67,6 +70,8 @@ def split_loader(
             seed=seed,
             channels_last=channels_last,
             files=files,
+            ranks=ranks,
+            lockstep=train,
         )
     return DeviceLoader(
         data.splits[split],
@@ -79,4 +84,6 @@ def split_loader(
         drop_last=train and not keep_last,
         seed=seed,
         channels_last=channels_last,
+        ranks=ranks,
+        lockstep=train,
     )

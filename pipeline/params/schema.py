@@ -190,6 +190,9 @@ class TrainParams(Section):
     # torch.compile mode; auto: see ffl.step_mode (off on CPUs and under the whole-step graph).
     compile: Literal[("auto", "off", *COMPILE_MODES)]
     device: str
+    # PyTorch DDP processes (the world size): `ffl train` starts them under torchrun on this machine
+    # (or checks what an outside torchrun started). batch_size is the global batch (ffl.distributed).
+    processes: int = Field(ge=1, le=1024)
 
     @field_validator("device")
     @classmethod
@@ -285,9 +288,15 @@ def check_consistency(p: Params) -> None:
             raise ParamsError("data.val_fraction", f"leaves no training images of {per_class} per class")
     device_type = None if t.device == "auto" else t.device.split(":")[0]
     try:
-        step_mode(cls, settings, device_type, t.precision, t.compile, t.cuda_graph)
+        step_mode(cls, settings, device_type, t.precision, t.compile, t.cuda_graph, t.processes)
     except StepModeError as e:
         raise ParamsError(f"train.{e.key}", e.reason) from None
+    if t.batch_size % t.processes:
+        raise ParamsError(
+            "train.batch_size",
+            f"{t.batch_size} does not split evenly over train.processes={t.processes} "
+            "(the global batch: each process takes batch_size / processes)",
+        )
     if t.nesterov and t.momentum == 0:
         raise ParamsError("train.nesterov", "Nesterov momentum needs train.momentum > 0")
 
