@@ -343,10 +343,13 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
         check_reachable(address or os.environ.get("RAY_ADDRESS"))
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     r = params.reproduce
-    gpus = 1 / r.runs_per_gpu if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    remote = ray.remote(execute).options(num_cpus=r.cpus_per_run, num_gpus=gpus, max_retries=0)
+    have_gpus = ray.cluster_resources().get("GPU", 0) > 0
     pending = {}
     for run in todo:
+        # A run of train.processes DDP processes (the ImageNet rows) holds that many GPUs on one node.
+        n = run.params.train.processes
+        gpus = n / r.runs_per_gpu if have_gpus else 0
+        remote = ray.remote(execute).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=0)
         root = str((Path.cwd() / run.params.data.root).resolve())
         pending[remote.remote(run.raw, root, r.cpus_per_run)] = run
     echo(f"{len(todo)} runs started ({len(summary['skipped'])} recorded already)")

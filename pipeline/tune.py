@@ -83,10 +83,12 @@ def apply_config(raw: dict, config: dict) -> dict:
 
 def trial_raw(params: Params, raw: dict) -> dict:
     """The base params every trial starts from, `tune.epochs` as the trial length (a whole params
-    file: the tune section stays, it does not change a training run)."""
+    file: the tune section stays, it does not change a training run). A trial is one process on
+    the resources of tune.resources: train.processes (DDP for `ffl train`) is 1 in its params."""
     base = copy.deepcopy(raw)
     if params.tune.epochs:
         set_dotted(base, "train.epochs", params.tune.epochs)
+    set_dotted(base, "train.processes", 1)
     return base
 
 
