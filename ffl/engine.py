@@ -221,6 +221,12 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         run_config: dict | None = None,
     ):
+        views = method.train_views(method.num_subnets, method.settings)
+        if getattr(train_loader, "views", 1) != views:
+            raise ValueError(
+                f"{method.name} trains on {views} augmented views of each batch; the training loader gives "
+                f"{getattr(train_loader, 'views', 1)} (build it with views={views})"
+            )
         self.method = method
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -355,7 +361,7 @@ class Trainer:
     @staticmethod
     def _correct(outputs, y) -> dict[str, torch.Tensor]:
         """Top-1 hits of every classifier on the batch."""
-        return {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items()}
+        return {name: topk_correct(z.detach(), y, ks=(1,))[0] for name, z in outputs.items() if name[0] != "_"}
 
     # -- what an own-step method (several updates per batch) gets as ``ctx`` ------------------
     def autocast(self):
@@ -366,6 +372,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.method.after_step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def _own_step(self, x, y, epoch):
@@ -382,6 +389,7 @@ class Trainer:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.method.after_step()
         names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/top1_err/{k}" for k in correct))
         # Loss terms are batch means, weighted by the batch size here; errors are summed as correct counts.
         losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])

@@ -8,15 +8,18 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(teacher/T) || softmax(student/T)) * T^2, batch mean; the teacher gets no gradient.
+def kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, teacher_grad: bool = False
+) -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)) * T^2, batch mean; the teacher gets no gradient
+    unless ``teacher_grad`` (OKDDip's code trains its attention through the targets).
 
     T^2 keeps the gradient scale independent of T (Hinton et al. 2015). Computed in fp32 so that
     bf16 autocast does not round the soft targets.
     """
     t = temperature
     log_p_student = F.log_softmax(student.float() / t, dim=1)
-    p_teacher = F.softmax(teacher.detach().float() / t, dim=1)
+    p_teacher = F.softmax((teacher if teacher_grad else teacher.detach()).float() / t, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (t * t)
 
 

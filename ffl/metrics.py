@@ -60,6 +60,8 @@ def evaluate_and_predict(
     kept, targets, predicted = None, [], []
     for outputs, y in _batches(method, loader, precision, progress):
         for name, logits in outputs.items():
+            if name[0] == "_":  # a loss's intermediate, not a classifier (ffl.methods.base)
+                continue
             c = torch.stack(topk_correct(logits.float(), y))
             correct[name] = correct[name] + c if name in correct else c
         kept = kept or next((name for name in prefer if name in outputs), None)

@@ -19,6 +19,19 @@ The protocol (`data.protocol`): `clean` holds `data.val_fraction` of the trainin
 selection and tuning and drops the last partial batch of each epoch; `paper` is the authors'
 protocol: every training image (no validation split) and the last, smaller batch kept. The
 test metrics record which one ran (`data.protocol_paper`, `data.train_images` in metrics/test.json).
+
+The methods that came after FFL (OKDDip, KDCL, PCL) needed three things the first contract did not
+give; each was added once, for every method (`ffl/methods/base.py`):
+- several augmented views of each training batch (`train_views`): the loaders draw each view's
+  crops and flips from its own seed, view 0 being the one-view batch, so the other methods' runs
+  are unchanged; the views arrive stacked along the batch;
+- values only the loss reads (outputs named `_...`, such as OKDDip's attention-weighted teachers),
+  which nothing scores or exports;
+- a hook after every optimiser step (`after_step`: PCL's temporal means), device work that the
+  whole-step CUDA graph replays; the means are in the state dict, so checkpoints carry them.
+Beyond each method's file, its params section and its tests, adding them touched those hooks
+(base, engine, loaders), `kd_loss` (a teacher that keeps its gradient: OKDDip's code trains its
+attention through the targets) and the tests over every method (exact resume of each one).
 """
 
 
@@ -65,7 +78,13 @@ def render() -> str:
             f"## `{name}`: {cls.__name__}\n",
             f"{cls.reference}.\n",
             f"- sub-networks: {count}, {cls.default_subnets} by default (`model.subnets: auto`); {sharing}",
-            f"- reports: {', '.join(cls.outputs(cls.default_subnets, cls.Settings()))}",
+            f"- reports: {', '.join(cls.outputs(cls.default_subnets, cls.Settings()))}; deployed: "
+            f"{cls.deployed(cls.default_subnets, cls.Settings())}",
+            *(
+                [f"- training batches: {views} independently augmented views (one per sub-network)"]
+                if (views := cls.train_views(cls.default_subnets, cls.Settings())) > 1
+                else []
+            ),
             f"- step: {step}\n",
         ]
         rows = method_settings.rows(cls.Settings)

@@ -179,6 +179,7 @@ def loader(
     device: torch.device,
     train: bool = False,
     ranks: distributed.Ranks = distributed.Ranks(),
+    views: int = 1,
 ):
     """The one way the stages (and tune trials) turn a prepared split into batches (this rank's
     part of each, under DDP)."""
@@ -195,6 +196,7 @@ def loader(
         augment=Augment(a.pad, a.pad_mode, a.flip),
         files=FileSettings(f.image_size, f.resize, f.workers),
         ranks=ranks,
+        views=views,
     )
 
 
@@ -223,7 +225,8 @@ def build_trainer(params: Params, data: Dataset, device: torch.device, callbacks
         raise UserError(f"data.augment.pad: reflect padding must be smaller than the images ({size} px); got {a.pad}")
     mode = run_step_mode(params, device)
     ranks = distributed.current()
-    train_loader = loader(params, data, "train", device, train=True, ranks=ranks)
+    views = method.train_views(method.num_subnets, method.settings)
+    train_loader = loader(params, data, "train", device, train=True, ranks=ranks, views=views)
     val = data.splits.get("val")
     val_loader = loader(params, data, "val", device, ranks=ranks) if val is not None and len(val) else None
     config = TrainConfig(

@@ -65,6 +65,22 @@ def test_dvc_exp_run_with_set_params_is_versioned(repo):
     assert json.loads((repo / "plots/confusion.json").read_text())["classifier"] == "ensemble"
 
 
+@pytest.mark.parametrize(("method", "deployed"), [("okddip", "leader"), ("kdcl", "ensemble"), ("pcl", "mean0")])
+def test_the_methods_after_ffl_run_as_experiments(repo, method, deployed):
+    """One epoch of each through `dvc exp run -S method.name=...` (train and evaluate: the export
+    stage is the same for every method and has its own tests)."""
+    name = f"{method}-exp"
+    run(
+        ["dvc", "exp", "run", "-q", "-n", name, "-S", f"method.name={method}", "-S", "train.epochs=1", "evaluate"], repo
+    )
+    shown = json.loads(run("dvc exp show --json", repo))
+    exp = next(e for c in shown for e in (c.get("experiments") or []) if e.get("name") == name)
+    params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["method"]
+    metrics = exp["revs"][0]["data"]["metrics"]["metrics/test.json"]["data"]["test"]["top1_err"]
+    assert params["name"] == method and deployed in metrics
+    assert json.loads((repo / "plots/confusion.json").read_text())["classifier"] == deployed
+
+
 def test_the_readme_compact_view_of_experiments(repo):
     readme = (ROOT / "README.md").read_text()
     line = next(x for x in readme.splitlines() if x.startswith("dvc exp show --drop"))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffl.data import DeviceLoader, Split
+from ffl.callbacks import Callback
+from ffl.data import Augment, DeviceLoader, Split
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import METHODS, build_method
 from ffl.methods import settings as method_settings
@@ -22,6 +23,13 @@ SETTINGS = [(name, row) for name, cls in METHODS.items() for row in method_setti
 COMPANIONS = {
     ("ffl", "fusion.enabled"): ["method.ffl.ekd.enabled=false"],
     ("dualnet", "finetune"): ["method.dualnet.finetune_fraction=0.5"],  # the second epoch fine-tunes
+}
+
+
+# Values that act within the test's four steps.
+VALUES = {
+    # the mean teacher's warm-up decay min(1 - 1/(step+1), decay) stays below 0.999 for 1000 steps
+    ("pcl", "ema_decay"): 0.5,
 }
 
 
@@ -40,15 +48,29 @@ def changed(row):
     return type(default)(value)
 
 
-def run(method, seed=0):
-    """Two epochs on 16 fixed images; the weights and the loss history."""
-    torch.manual_seed(seed)
+def trainer(method, checkpoint=None, callbacks=()):
+    """Two epochs on 16 fixed images, as many augmented views as the method takes."""
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 255, (16, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 16))
-    loader = DeviceLoader(split, 8, (127.0,) * 3, (64.0,) * 3, shuffle=True, drop_last=True)
-    history = Trainer(method, loader, TrainConfig(epochs=2, milestones=[], precision="fp32")).fit()
-    history = [{k: v for k, v in h.items() if not k.startswith("time/")} for h in history]
-    return {k: v.clone() for k, v in method.state_dict().items() if torch.is_tensor(v)}, history
+    views = method.train_views(method.num_subnets, method.settings)
+    loader = DeviceLoader(
+        split, 8, (127.0,) * 3, (64.0,) * 3, augment=Augment(), shuffle=True, drop_last=True, views=views
+    )
+    config = TrainConfig(epochs=2, milestones=[], precision="fp32")
+    return Trainer(method, loader, config, callbacks=list(callbacks), checkpoint_path=checkpoint)
+
+
+def result(trainer):
+    history = [{k: v for k, v in h.items() if not k.startswith("time/")} for h in trainer.history]
+    return {k: v.clone() for k, v in trainer.method.state_dict().items() if torch.is_tensor(v)}, history
+
+
+def run(method, seed=0):
+    """The weights (every tensor of the state) and the loss history of a two-epoch run."""
+    torch.manual_seed(seed)
+    t = trainer(method)
+    t.fit()
+    return result(t)
 
 
 def build(name, overrides):
@@ -60,7 +82,7 @@ def build(name, overrides):
 @pytest.mark.parametrize(("name", "row"), SETTINGS, ids=[f"{n}.{r['key']}" for n, r in SETTINGS])
 def test_every_setting_reaches_its_method_and_changes_the_run(name, row):
     extra = COMPANIONS.get((name, row["key"]), [])
-    value = changed(row)
+    value = VALUES.get((name, row["key"]), changed(row))
     base = build(name, extra)
     other = build(name, [*extra, f"method.{name}.{row['key']}={value!r}".replace("'", "")])
     got = other.settings
@@ -85,6 +107,31 @@ def test_every_declaration_is_whole(name):
     assert set(method.eval()(torch.zeros(2, 3, 32, 32))) == set(cls.outputs(cls.default_subnets, method.settings))
     clone = build_method(copy.deepcopy(method.spec()))
     assert dataclasses.asdict(clone.settings) == dataclasses.asdict(method.settings)
+
+
+class Stop(Callback):
+    def on_epoch_end(self, trainer, epoch, metrics):
+        raise KeyboardInterrupt  # after the epoch's checkpoint, as a Ctrl-C there would
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_resumes_exactly(name, tmp_path):
+    """Stopped after epoch 1 and resumed: every tensor of the state (EMA teachers, step counters
+    included) and every logged number equal to an uninterrupted run's."""
+    straight = run(build(name, []))
+    stopped = trainer(build(name, []), tmp_path / "last.pt", [Stop()])
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    torch.manual_seed(123)  # a resumed process starts from another RNG state: the checkpoint restores it
+    resumed = trainer(build(name, []), tmp_path / "last.pt")
+    assert resumed.resume_if_possible() and resumed.start_epoch == 1
+    resumed.fit()
+    weights, history = result(resumed)
+    assert history == straight[1]
+    assert weights.keys() == straight[0].keys()
+    for k, v in weights.items():
+        assert torch.equal(v, straight[0][k]), f"{name}: {k} differs after the resume"
 
 
 def test_params_yaml_lists_every_setting_of_every_method():

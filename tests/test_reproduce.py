@@ -29,13 +29,15 @@ def test_every_preset_row_trains_an_epoch(table, row, monkeypatch):
     from ffl.data import make_shapes
 
     full = validate(rp.row_raw(TABLES[table], row))  # the row as it runs on its own data
-    params = validate(rp.row_raw(TABLES[table], row, TINY))
-    assert params.data.protocol == "paper"  # every preset uses the authors' protocol
+    assert full.data.protocol == "paper"  # every preset uses the authors' protocol
     assert full.train.epochs == (300 if full.data.source.startswith("cifar") else full.train.epochs)
     for key in TABLES[table].rows[row].paper:  # every paper number names a classifier the row reports
         clf = key.split(".")[1]
         assert clf in [*full.method_class.outputs(len(full.archs()), full.settings()), "sub_mean"], key
-    data = make_shapes(8, 4, 0.0, 0.1, 0)
+    # 20 images: one step of 16 and the last, smaller batch (the paper's protocol keeps it). At
+    # lr 0.1 a batch of 16 can throw a 110-layer net off in a few steps; the wiring is what is tested.
+    data = make_shapes(2, 2, 0.0, 0.1, 0)
+    params = validate(rp.row_raw(TABLES[table], row, [*TINY, "train.lr=0.01"]))
     trainer = build_trainer(params, data, torch.device("cpu"))
     history = trainer.fit()
     assert len(history) == 1 and all(torch.isfinite(torch.tensor(v)) for v in history[0].values())

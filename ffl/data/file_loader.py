@@ -46,6 +46,7 @@ class _Images(torch.utils.data.Dataset):
         self.root = Path(root)
         self.transform = transform
         self.base = 0  # set per epoch, before the workers are forked
+        self.views = 1
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,12 +58,14 @@ class _Images(torch.utils.data.Dataset):
         # (The generator directly: torch.manual_seed also visits every other backend, ~90 us.)
         generator = torch.default_generator
         state = generator.get_state()
-        generator.manual_seed((self.base + i) % (1 << 63))
+        views = []
         try:
-            x = self.transform(image)
+            for view in range(self.views):  # view 0 as a one-view run; each further view its own seed
+                generator.manual_seed((self.base + i + view * 0x9E3779B97F4A7C15) % (1 << 63))
+                views.append(self.transform(image))
         finally:
             generator.set_state(state)
-        return x, int(self.labels[i])
+        return (views[0] if self.views == 1 else torch.stack(views)), int(self.labels[i])
 
 
 class FileLoader(Batches):
@@ -83,9 +86,10 @@ class FileLoader(Batches):
         files: FileSettings = FileSettings(),
         ranks: Ranks = Ranks(),
         lockstep: bool = False,
+        views: int = 1,
     ):
         super().__init__(
-            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep
+            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep, views
         )
         if train:
             steps = [transforms.RandomResizedCrop(files.image_size)]
@@ -93,6 +97,7 @@ class FileLoader(Batches):
         else:
             steps = [transforms.Resize(files.resize), transforms.CenterCrop(files.image_size)]
         self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]))
+        self.dataset.views = views
         self.workers = files.workers
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -111,6 +116,8 @@ class FileLoader(Batches):
             pin_memory=self.device.type == "cuda",
         )
         for x, y in batches:
+            if self.views > 1:  # (B, V, C, H, W) -> the views one after the other along the batch
+                x = x.transpose(0, 1).flatten(0, 1)
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             x = self.normalise(x)

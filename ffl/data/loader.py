@@ -29,7 +29,9 @@ class Augment:
 class Batches:
     """What the engine, the step graph and evaluation read of a loader, whichever feeds it."""
 
-    def __init__(self, size, batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep):
+    def __init__(
+        self, size, batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep, views
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if batch_size < ranks.world:
@@ -48,6 +50,11 @@ class Batches:
         # Training under DDP steps every rank in lockstep: a last batch too small to give every rank
         # a sample is dropped. Evaluation keeps every sample (a rank may get an empty part).
         self.lockstep = lockstep
+        # Independently augmented views of every batch (methods that give each network its own,
+        # ffl.methods.base.Method.train_views): stacked along the batch, view v in rows v*B:(v+1)*B.
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.views = views
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -77,6 +84,11 @@ class Batches:
         """The seed of this epoch's draws: (seed, epoch) alone, so an epoch reproduces on its own."""
         return self.seed * 1_000_003 + self.epoch
 
+    def view_key(self, view: int) -> int:
+        """The seed of a view's augmentation draws: view 0 draws from the epoch's own key (a one-view
+        run is unchanged), each further view from its own."""
+        return self.epoch_key if view == 0 else (self.epoch_key + view * 0x9E3779B97F4A7C15) % (1 << 63)
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch on the device -> float, per-channel normalised."""
         return (x.float() - self.mean) / self.std
@@ -97,24 +109,29 @@ class DeviceLoader(Batches):
         channels_last: bool = False,
         ranks: Ranks = Ranks(),
         lockstep: bool = False,
+        views: int = 1,
     ):
         super().__init__(
-            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep
+            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep, views
         )
         self.images = torch.from_numpy(split.images).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
         self.augment = augment
 
     def _plan(self):
+        """The epoch's order, and each view's crop offsets and flips (None without augmentation)."""
         n = len(self.labels)
         g = torch.Generator().manual_seed(self.epoch_key)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        offsets = flips = None
+        draws = []
         if self.augment is not None:
-            offsets = torch.randint(0, 2 * self.augment.pad + 1, (n, 2), generator=g)
-            flips = torch.rand(n, generator=g) < 0.5
-            offsets, flips = offsets.to(self.device), flips.to(self.device)
-        return order.to(self.device), offsets, flips
+            for view in range(self.views):
+                if view:
+                    g = torch.Generator().manual_seed(self.view_key(view))
+                offsets = torch.randint(0, 2 * self.augment.pad + 1, (n, 2), generator=g)
+                flips = torch.rand(n, generator=g) < 0.5
+                draws.append((offsets.to(self.device), flips.to(self.device)))
+        return order.to(self.device), draws
 
     def _crop(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         p = self.augment.pad
@@ -127,16 +144,22 @@ class DeviceLoader(Batches):
         idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         return padded[idx_b, idx_c, rows, cols]
 
+    def _augmented(self, x: torch.Tensor, idx: torch.Tensor, offsets, flips) -> torch.Tensor:
+        if self.augment.pad:
+            x = self._crop(x, offsets[idx])
+        if self.augment.flip:
+            x = torch.where(flips[idx, None, None, None], x.flip(3), x)
+        return x
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, offsets, flips = self._plan()
+        order, draws = self._plan()
         for start, stop in self.rank_batches():
             idx = order[start:stop]
             x = self.normalise(self.images[idx])
-            if self.augment is not None:
-                if self.augment.pad:
-                    x = self._crop(x, offsets[idx])
-                if self.augment.flip:
-                    x = torch.where(flips[idx, None, None, None], x.flip(3), x)
+            if draws:
+                x = torch.cat([self._augmented(x, idx, *draw) for draw in draws])
+            elif self.views > 1:
+                x = x.repeat(self.views, 1, 1, 1)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

@@ -51,10 +51,12 @@ def split_loader(
     augment: Augment = Augment(),
     files: FileSettings = FileSettings(),
     ranks: Ranks = Ranks(),
+    views: int = 1,
 ):
     """Training batches (shuffled, augmented; the last partial batch dropped unless ``keep_last``, as
     the authors' protocol keeps it) when ``train``, else every sample in order. Under DDP each
-    rank gets its part of every batch of ``batch_size`` (ffl.distributed)."""
+    rank gets its part of every batch of ``batch_size`` (ffl.distributed). ``views``: independently
+    augmented views of every training batch, stacked along the batch (Method.train_views)."""
     if isinstance(data, FileDataset):
         return FileLoader(
             data.splits[split],
@@ -72,6 +74,7 @@ def split_loader(
             files=files,
             ranks=ranks,
             lockstep=train,
+            views=views if train else 1,
         )
     return DeviceLoader(
         data.splits[split],
@@ -86,4 +89,5 @@ def split_loader(
         channels_last=channels_last,
         ranks=ranks,
         lockstep=train,
+        views=views if train else 1,
     )

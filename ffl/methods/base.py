@@ -17,6 +17,17 @@ At run time: ``forward(images) -> {name: logits}`` (every classifier, all evalua
 tensor on the training device, or a float). A method whose step is more than one forward and one
 update (DML's peers updated in turn) says so in ``has_own_step`` and implements ``train_step``.
 ``spec()`` is plain data that rebuilds the method (saved next to the weights).
+
+Two extensions, for the methods that came after FFL:
+- ``train_views(n, settings)``: how many independently augmented views of each training batch the
+  method takes (KDCL and PCL: one per network). With V > 1, training's ``forward`` receives the
+  views stacked along the batch (V*B images, view v in rows v*B:(v+1)*B; ``split_views``) and
+  returns B rows per classifier; evaluation gives one view as always.
+- ``forward`` may add values only its ``loss`` reads (pooled features, attention-weighted teachers)
+  under names that start with ``_``: they are not classifiers, so nothing scores or exports them.
+- ``after_step()``: called after every optimiser step, inside a captured whole-step CUDA graph
+  too, so it is device work without host decisions (PCL's temporal-mean teachers). What it keeps
+  lives in parameters without gradients or buffers, so checkpoints and model files carry it.
 """
 
 from __future__ import annotations
@@ -129,6 +140,19 @@ class Method(nn.Module):
         epoch's statistics."""
         raise NotImplementedError  # pragma: no cover
 
+    @classmethod
+    def train_views(cls, n: int, settings) -> int:
+        """Independently augmented views of each training batch (1: the batch itself)."""
+        return 1
+
+    @staticmethod
+    def split_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
+        """The views of a training batch (``train_views``), each of B images."""
+        return list(images.chunk(views)) if views > 1 else [images]
+
+    def after_step(self) -> None:
+        """After every optimiser step: device work only (it is replayed inside a captured step)."""
+
     def auxiliary_modules(self) -> list[nn.Module]:
         """Modules that are not sub-networks (fusion module, gate): optimised with ``aux_weight_decay``."""
         return []
@@ -138,9 +162,11 @@ class Method(nn.Module):
         return None
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        aux_params = [p for m in self.auxiliary_modules() for p in m.parameters()]
+        """The optimiser's groups: parameters that learn by gradient (a temporal-mean copy, which
+        ``after_step`` moves, has requires_grad off and is not optimised)."""
+        aux_params = [p for m in self.auxiliary_modules() for p in m.parameters() if p.requires_grad]
         aux = {id(p) for p in aux_params}
-        main = [p for p in self.parameters() if id(p) not in aux]
+        main = [p for p in self.parameters() if id(p) not in aux and p.requires_grad]
         groups = [{"params": main, "weight_decay": weight_decay, "name": "subnets"}]
         if aux_params:
             own = self.aux_weight_decay()
