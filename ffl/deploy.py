@@ -52,13 +52,9 @@ class Deployable(nn.Module):
         if classifier not in names:
             raise ValueError(f"unknown classifier {classifier!r}: {method.name} has {', '.join(names)}")
         self.classifier = classifier
-        if classifier.startswith("sub"):
-            # The sub-network alone: the other branches and the fusion module are not in the file.
-            i = int(classifier[3:])
-            net = method.net
-            self.body = nn.Sequential(net.trunk, net.branches[i], net.heads[i])
-        else:
-            self.body = method
+        # A classifier that is one network alone (a sub-network, OKDDip's leader, PCL's temporal
+        # means) is exported without the rest; others (fused, ensembles) with the whole method.
+        self.body = method.standalone(classifier) or method
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 

@@ -109,3 +109,17 @@ def test_drop_last_and_channels_last():
     assert len(loader) == 2 and loader.num_samples == 8
     x, _ = next(iter(loader))
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_views_are_independent_augmentations_and_the_first_is_the_one_view_batch():
+    split = make_split(16)
+    kw = dict(augment=Augment(), shuffle=True, seed=3)
+    one = DeviceLoader(split, 8, (0, 0, 0), (1, 1, 1), **kw)
+    three = DeviceLoader(split, 8, (0, 0, 0), (1, 1, 1), **kw, views=3)
+    for (x, y), (xs, ys) in zip(one, three, strict=True):
+        assert xs.shape[0] == 3 * len(y) and torch.equal(ys, y)
+        v0, v1, v2 = xs.chunk(3)
+        assert torch.equal(v0, x)  # a method with one view trains on what it always did
+        assert not torch.equal(v1, v0) and not torch.equal(v2, v1)  # crops and flips of their own
+    again = DeviceLoader(split, 8, (0, 0, 0), (1, 1, 1), **kw, views=3)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(three, again))

@@ -154,3 +154,15 @@ def test_ffl_trains_imagenet_resnets_on_the_imagenet_archives(imagenet_root):
 def test_file_settings_refuse_a_resize_smaller_than_the_crop():
     with pytest.raises(ValueError, match=r"resize \(200\) must be at least image_size \(224\)"):
         FileSettings(image_size=224, resize=200)
+
+
+def test_image_file_views_are_independent_and_the_first_is_the_one_view_batch(folder):
+    def loader(views):
+        return FileLoader(
+            folder.splits["train"], folder.root, 4, folder.mean, folder.std, train=True, shuffle=True,
+            drop_last=True, files=FileSettings(image_size=24, resize=28, workers=0), views=views,
+        )  # fmt: skip
+
+    for (x, y), (xs, ys) in zip(batches(loader(1), 1), batches(loader(2), 1), strict=True):
+        assert torch.equal(ys, y) and torch.equal(xs[: len(y)], x)
+        assert not torch.equal(xs[len(y) :], x)

@@ -75,3 +75,12 @@ def test_okddip_deploys_its_leader_and_needs_two_peers():
     assert OKDDip.deployed(4, OKDDip.Settings()) == "leader"
     with pytest.raises(ValueError, match="at least 3 sub-networks"):
         OKDDip(["resnet8"] * 2, num_classes=3)
+
+
+def test_the_leader_exports_alone():
+    torch.manual_seed(0)
+    method = OKDDip(["resnet8"] * 4, num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    alone = method.standalone("leader")
+    torch.testing.assert_close(alone(x), method(x)["leader"])
+    assert not any(p is q for p in alone.parameters() for q in method.net.branches[0].parameters())

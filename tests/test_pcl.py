@@ -68,3 +68,17 @@ def test_each_peer_and_its_mean_see_their_own_view():
         [method.net.branches[i](method.net.trunk(views[2 * i : 2 * i + 2])).mean((2, 3)) for i in range(3)], 1
     )
     torch.testing.assert_close(out["ensemble"], method.classifier(pooled))
+
+
+def test_the_deployed_temporal_mean_exports_alone():
+    torch.manual_seed(0)
+    method = PCL(["resnet8"] * 3, num_classes=4)
+    method.after_step()
+    with torch.no_grad():
+        method.net.trunk[0].weight.add_(1.0)  # the live network moves on: the export must not follow it
+    method.eval()
+    x = torch.randn(2, 3, 32, 32)
+    alone = method.standalone("mean0")
+    torch.testing.assert_close(alone(x), method(x)["mean0"])
+    mean_params = {id(p) for p in method.mean_net.parameters()}
+    assert all(id(p) in mean_params for p in alone.parameters())  # nothing of the live peers

@@ -189,6 +189,14 @@ class Method(nn.Module):
         names = cls.outputs(n, settings)
         return next(name for name in ("fused", "ensemble", "sub0") if name in names)
 
+    def standalone(self, classifier: str) -> nn.Module | None:
+        """The classifier as a network of its own (images -> its logits), without the method's other
+        parts, or None where it needs them (fused, ensembles). Sub-network i is its shared layers,
+        branch and head; methods with other single-network classifiers add theirs."""
+        if classifier.startswith("sub") and classifier[3:].isdigit():
+            return self.net.subnetwork(int(classifier[3:]))
+        return None
+
     def classifier_features(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, nn.Linear]]:
         """``{classifier: (feature map, linear layer)}`` for every classifier that is global average
         pooling and a linear layer over a feature map, so that its class activation map is the

@@ -85,6 +85,9 @@ class OKDDip(Method):
     def auxiliary_modules(self):
         return [self.attention]
 
+    def standalone(self, classifier):
+        return super().standalone(f"sub{self.num_subnets - 1}" if classifier == "leader" else classifier)
+
     def forward(self, images):
         feats, logits = self.net(images)
         peers = torch.stack(logits[:-1], dim=1)  # (B, peers, classes)

@@ -88,6 +88,11 @@ class PCL(Method):
     def auxiliary_modules(self):
         return [self.classifier]
 
+    def standalone(self, classifier):
+        if classifier.startswith("mean"):
+            return self.mean_net.subnetwork(int(classifier[4:]))
+        return super().standalone(classifier)
+
     def _views(self, images):
         n = self.num_subnets
         if self.training and self.train_views(n, self.settings) > 1:

@@ -97,6 +97,10 @@ class SubNetworks(nn.Module):
             main.wait_stream(stream)  # join
         return feats, logits
 
+    def subnetwork(self, i: int) -> nn.Module:
+        """Sub-network ``i`` as a module of its own (its shared layers, branch and head)."""
+        return nn.Sequential(self.trunk, self.branches[i], self.heads[i])
+
     def forward_one(self, i: int, x):
         """Sub-network ``i`` alone (shared layers included): its logits."""
         return self.heads[i](self.branches[i](self.trunk(x)))
