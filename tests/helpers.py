@@ -89,3 +89,70 @@ def project_repo(d: Path, raw: dict, ignore: str = "__pycache__/\n/data/\n/model
     shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")  # the charts' template
     sh("git add -A && git commit -qm init", d)
     return d
+
+
+# -- tune searches run as a user runs them -------------------------------------------------------
+
+FFL_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+
+def ffl(cwd, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=FFL_ENV, capture_output=True, text=True
+    )
+
+
+def read_trials(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def search_params(**tune):
+    raw = tiny_params()
+    defaults = {
+        "trials": 3,
+        "epochs": 2,
+        "sampler": "random",
+        "seed": 0,
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpu": 1, "gpu": 0},
+        "space": {
+            "method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}},
+            "train": {"lr": {"type": "choice", "values": [0.05, 1.0e30]}},  # 1e30 diverges at once
+        },
+    }
+    raw["tune"] = tune_section(**(defaults | tune))
+    return raw
+
+
+def search_until_one_trial_finished(workdir, args=(), **popen) -> tuple[subprocess.Popen, str]:
+    """`ffl tune ARGS` of three 3-epoch trials, one at a time, left running once the first has
+    finished; returns the driver process and that trial's id."""
+    import time
+
+    write_params(
+        workdir,
+        search_params(
+            trials=3,
+            max_concurrent=1,
+            epochs=3,
+            space={"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}},
+        ),
+    )
+    assert ffl(workdir, "prepare").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "tune", *args],
+        cwd=workdir,
+        env=FFL_ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        **popen,
+    )
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "finished: 1/3 done" in line:
+            return proc, line.split()[2]
+        assert time.time() < deadline
+    raise AssertionError("the search ended before its first trial finished")

@@ -1,13 +1,18 @@
 """A multi-node Ray cluster, simulated on this machine (two nodes with their own CPUs): the runs of
-`ffl reproduce` spread over the nodes, and each comes back to be recorded as a DVC experiment."""
+`ffl reproduce` and the trials of `ffl tune` spread over the nodes, the search lives in shared
+storage, and a driver killed mid-search resumes from it."""
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from tests.helpers import TINY_RUN, project_repo, sh, tiny_params
+from tests.helpers import TINY_RUN, ffl, project_repo, read_trials, search_until_one_trial_finished, sh, tiny_params
 
 pytestmark = pytest.mark.slow
 TINY = TINY_RUN
@@ -88,3 +93,29 @@ def test_image_files_every_node_must_see_are_checked_on_each_node(cluster, tmp_p
     (tmp_path / "a").mkdir()
     (tmp_path / "a/1.png").write_bytes(b"")
     check_files_reach_every_node(data)  # seen on every node: no error
+
+
+def test_a_killed_driver_resumes_its_search_from_the_shared_storage(cluster, tmp_path):
+    """The driver (`ffl tune --address`, another process) killed once a trial has finished: the
+    same command with --resume continues from the shared storage, the finished trial not run again."""
+    shared = tmp_path / "shared"
+    args = ["--address", cluster.address, "-S", f"tune.storage={shared}"]
+    proc, first_id = search_until_one_trial_finished(tmp_path, args, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    # A trial is finished for Ray once its experiment snapshot says so; kill after that.
+    while not any("TERMINATED" in f.read_text() for f in (shared / "search").glob("experiment_state-*.json")):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    trial_dir = next((shared / "search").glob(f"trial_{first_id}_*"))
+    reports_before = (trial_dir / "result.json").read_text()
+
+    resumed = ffl(tmp_path, "tune", "--resume", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = read_trials(tmp_path / "tune/trials.csv")
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+    assert all(r["epochs"] == "3" for r in rows)  # the trial's own epoch count, across the restore
+    assert first_id in {r["trial_id"] for r in rows}
+    assert (trial_dir / "result.json").read_text() == reports_before  # finished trial not run again
+    assert not (tmp_path / "tune/ray").exists()  # the search lived in the shared storage only

@@ -1,6 +1,6 @@
-"""`ffl tune`: a real Ray Tune + Optuna search on tiny trials, failures, and resuming a killed driver."""
+"""`ffl tune`: a real Ray Tune + Optuna search on tiny trials, failures, and resuming an interrupted
+search (a killed driver resuming on a cluster: tests/test_cluster.py)."""
 
-import csv
 import json
 import os
 import signal
@@ -12,28 +12,10 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.params import apply_overrides, load_params, read_yaml, validate
-from tests.helpers import tiny_params, tune_section, write_params
+from tests.helpers import ffl, read_trials, search_params, search_until_one_trial_finished, write_params
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-
-
-def search_params(**tune):
-    raw = tiny_params()
-    defaults = {
-        "trials": 3,
-        "epochs": 2,
-        "sampler": "random",
-        "seed": 0,
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1, "gpu": 0},
-        "space": {
-            "method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}},
-            "train": {"lr": {"type": "choice", "values": [0.05, 1.0e30]}},  # 1e30 diverges at once
-        },
-    }
-    raw["tune"] = tune_section(**(defaults | tune))
-    return raw
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +31,6 @@ def ray_session():
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def ffl(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=ENV, capture_output=True, text=True)
-
-
-def read_trials(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials(workdir, ray_session):
@@ -136,52 +109,6 @@ def test_trials_are_scored_on_validation_not_test(workdir):
     result = ffl(workdir, "tune")
     assert result.returncode == 2
     assert result.stderr.startswith("error: tune.metric: ffl reports val/top1_err/sub0")
-
-
-def search_until_one_trial_finished(workdir, **popen) -> tuple[subprocess.Popen, str]:
-    """`ffl tune` of three 3-epoch trials, one at a time, left running once the first has finished;
-    returns the driver process and that trial's id."""
-    write_params(
-        workdir,
-        search_params(
-            trials=3,
-            max_concurrent=1,
-            epochs=3,
-            space={"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}},
-        ),
-    )
-    assert ffl(workdir, "prepare").returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "tune"], cwd=workdir, env=ENV, text=True, stdout=subprocess.PIPE, **popen
-    )
-    deadline = time.time() + 300
-    for line in proc.stdout:
-        if "finished: 1/3 done" in line:
-            return proc, line.split()[2]
-        assert time.time() < deadline
-    raise AssertionError("the search ended before its first trial finished")
-
-
-def test_killed_driver_resumes_keeping_finished_trials(workdir):
-    proc, first_id = search_until_one_trial_finished(workdir, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    # A trial is finished for Ray once its experiment snapshot says so; kill after that.
-    state = workdir / "tune/ray/search"
-    while not any("TERMINATED" in f.read_text() for f in state.glob("experiment_state-*.json")):
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    trial_dir = next((workdir / "tune/ray/search").glob(f"trial_{first_id}_*"))
-    reports_before = (trial_dir / "result.json").read_text()
-
-    resumed = ffl(workdir, "tune", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    rows = read_trials(workdir / "tune/trials.csv")
-    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
-    assert all(r["epochs"] == "3" for r in rows)  # the trial's own epoch count, across the restore
-    assert first_id in {r["trial_id"] for r in rows}
-    assert (trial_dir / "result.json").read_text() == reports_before  # finished trial not run again
 
 
 def test_sigterm_ends_the_search_cleanly_and_it_resumes(workdir):
