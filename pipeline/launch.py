@@ -38,13 +38,24 @@ def torchrun_args(processes: int, params_file: Path, fresh: bool) -> list[str]:
 
 def train_processes(params: Params, fresh: bool) -> None:
     """Runs the ranks to the end; rank 0 saves (and reports) the model."""
+
+    n = params.train.processes
+    # The processes share this machine's cores: torchrun would give each one thread, ours is the
+    # even share (unless the user set it). The workers inherit it; this process gets its own back.
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or n) // n))
+    try:
+        _run(params, n, fresh)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def _run(params: Params, n: int, fresh: bool) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    n = params.train.processes
-    # Processes share this machine's cores: torchrun would give each one thread; ours is the even share.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or n) // n)))
     with tempfile.TemporaryDirectory(prefix="ffl-train-") as tmp:
         # The ranks read exactly the params validated here (overrides applied), not the file again.
         params_file = Path(tmp) / "params.yaml"
