@@ -20,7 +20,7 @@ EPOCHS = 6
 
 def params():
     return tiny_params(
-        data={"shapes": {"train_per_class": 40, "test_per_class": 6, "noise": 0.1}},
+        data={"shapes": {"train_per_class": 24, "test_per_class": 6, "noise": 0.1}},
         train={"epochs": EPOCHS, "batch_size": 32, "device": "cpu"},
     )
 
