@@ -43,8 +43,14 @@ def launched() -> Ranks | None:
     as; None outside one."""
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return None
-    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    return Ranks(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
+    try:
+        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise ValueError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ValueError(f"RANK={rank} is not one of WORLD_SIZE={world} processes")
+    return Ranks(rank, world, local)
 
 
 def current() -> Ranks:
@@ -57,8 +63,22 @@ def current() -> Ranks:
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """Each rank's own GPU (cuda:LOCAL_RANK) when training on CUDA; CPUs are shared."""
     if device.type == "cuda" and ranks.distributed:
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"process {ranks.local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} here)"
+            )
         return torch.device("cuda", ranks.local_rank)
     return device
+
+
+def peer_stopped(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process of the run went away."""
+    if isinstance(e, (dist.DistBackendError, dist.DistNetworkError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")
+    )
 
 
 @contextmanager

@@ -68,7 +68,7 @@ def _run(params: Params, n: int, fresh: bool) -> None:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
             message = (
                 f"training process {rank} of {n} {how}, and the others were stopped "
-                "(each process's own error is above); run the same command again to resume from the last "
+                "(each process's own error is above); after a crash, the same command resumes from the last "
                 "finished epoch"
             )
             if code == 2:  # the ranks refused the run before training (their one-line reason is above)

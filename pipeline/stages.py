@@ -251,10 +251,22 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
     each of which comes back here as one rank (pipeline/launch.py); under an outside torchrun
     (several machines) this process is one rank already. Returns the model file where this process
     saved it (rank 0), else None."""
-    ranks = distributed.launched()
+    try:
+        ranks = distributed.launched()
+    except ValueError as e:
+        raise UserError(f"torchrun's environment: {e}") from None
     if ranks is None and params.train.processes > 1:
         from pipeline.launch import train_processes
 
+        # What every process would refuse, refused once before they start.
+        device = resolve_device(params.train.device)
+        if device.type == "cuda" and torch.cuda.device_count() < params.train.processes:
+            raise UserError(
+                f"train.processes: {params.train.processes} processes need as many GPUs; "
+                f"this machine has {torch.cuda.device_count()}"
+            )
+        load_prepared(params)
+        ensure_writable(paths.CHECKPOINTS, files=(paths.MODEL,))
         return train_processes(params, fresh)
     ranks = ranks or distributed.Ranks()
     if ranks.world != params.train.processes:
@@ -262,14 +274,24 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
             f"train.processes: {params.train.processes}, but torchrun started {ranks.world} processes; "
             f"set train.processes={ranks.world} (the global batch and the results depend on it)"
         )
-    device = distributed.rank_device(resolve_device(params.train.device), ranks)
+    try:
+        device = distributed.rank_device(resolve_device(params.train.device), ranks)
+    except ValueError as e:
+        raise UserError(f"train.processes: {e}") from None
     data = load_prepared(params)
     with distributed.process_group(device, ranks):
-        if not ranks.main:
-            _train(params, data, device, fresh=False, progress=False, main=False)
-            return None  # rank 0 saves the model
-        ensure_writable(paths.CHECKPOINTS)
-        return _train(params, data, device, fresh, progress, main=True)
+        try:
+            if not ranks.main:
+                _train(params, data, device, fresh=False, progress=False, main=False)
+                return None  # rank 0 saves the model
+            ensure_writable(paths.CHECKPOINTS)
+            return _train(params, data, device, fresh, progress, main=True)
+        except NonFiniteLoss as e:
+            raise TrainingFailed(str(e)) from None
+        except Exception as e:
+            if ranks.distributed and distributed.peer_stopped(e):
+                raise TrainingFailed(f"process {ranks.rank}: another process of the run stopped") from None
+            raise
 
 
 def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, progress: bool, main: bool) -> Path:
@@ -303,8 +325,6 @@ def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, pro
             trainer.fit()
         except NonFiniteLoss as e:
             raise TrainingFailed(str(e)) from None
-        except torch.distributed.DistBackendError as e:
-            raise TrainingFailed(f"another training process stopped ({str(e).splitlines()[0]})") from None
         spec = input_spec(params, data)
         save_model(
             trainer.method,

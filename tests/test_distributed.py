@@ -173,6 +173,8 @@ def test_losing_a_process_stops_the_run_and_it_resumes_exactly(two_processes, tm
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err.decode()
     assert "training process 1 of 2 was killed by signal 9" in err.decode()
+    # the surviving process says its peer went away, in one line
+    assert "process 0: another process of the run stopped" in err.decode() and "Traceback" not in err.decode()
     assert not ranks["0"].is_running() or ranks["0"].status() == psutil.STATUS_ZOMBIE  # stopped with it
     assert torch.load(d / "checkpoints/last.pt", weights_only=True)["epoch"] < EPOCHS
 
@@ -184,12 +186,31 @@ def test_losing_a_process_stops_the_run_and_it_resumes_exactly(two_processes, tm
         assert torch.equal(w, straight[name]), name
 
 
-def test_processes_must_match_an_outside_torchrun(tmp_path):
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "3", "RANK": "0"}, "train.processes: 2, but torchrun started 3 processes"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "torchrun's environment: RANK=5 is not one of WORLD_SIZE=2 processes"),
+        ({"WORLD_SIZE": "abc", "RANK": "0"}, "torchrun's environment: WORLD_SIZE, RANK and LOCAL_RANK must be whole"),
+    ],
+)
+def test_processes_must_match_an_outside_torchrun(tmp_path, env, message):
     write_params(tmp_path, params(2))  # refused before the data is read
-    env = dict(ENV, WORLD_SIZE="3", RANK="0", LOCAL_RANK="0")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "train"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "pipeline", "train"], cwd=tmp_path, env=ENV | env, capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "train.processes: 2, but torchrun started 3 processes" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {message}"] or message in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints/last.pt").exists() and not (tmp_path / "models").exists()
+
+
+def test_what_every_process_would_refuse_is_refused_before_they_start(two_processes, tmp_path):
+    """An output that cannot be written, found by `ffl train` itself: one line, no process started."""
+    write_params(tmp_path, params(2))
+    shutil.copytree(two_processes[0] / "data", tmp_path / "data")
+    (tmp_path / "models/model.pt").mkdir(parents=True)
+    proc = ffl(tmp_path, "train")
+    assert proc.returncode == 2, proc.stderr
+    assert "models/model.pt: is a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -159,6 +159,11 @@ def test_method_spec_carries_the_ablation_switches():
         (["tune.metric=val/top1_err/fused", "method.name=dml"], "tune.metric", "dml reports"),
         (["data.val_fraction=0"], "data.val_fraction", "validation split"),
         (["tune.resources.gpu=-1"], "tune.resources.gpu", "greater than or equal to 0"),
+        (
+            ["tune.space.train.processes={type: choice, values: [1, 2]}"],
+            "tune.space.train.processes",
+            "a trial is one process",
+        ),
     ],
 )
 def test_bad_search_spaces_are_refused_before_ray_starts(overrides, key, reason):

@@ -132,6 +132,8 @@ def check_tune(p, raw: dict) -> None:
     for key, dim in t.dimensions().items():
         if key.split(".")[0] in ("tune", "evaluate"):
             raise ParamsError(f"tune.space.{key}", "only training params can be searched")
+        if key == "train.processes":
+            raise ParamsError(f"tune.space.{key}", "a trial is one process (tune.resources): it cannot be searched")
         new = moved_to(key, p.method.name)
         if new:
             raise ParamsError(f"tune.space.{key}", f"moved to tune.space.{new}")
