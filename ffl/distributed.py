@@ -53,6 +53,25 @@ def launched() -> Ranks | None:
     return Ranks(rank, world, local)
 
 
+def end_with_launcher() -> None:
+    """This process gets SIGTERM when the process that launched it (torchrun's agent) dies, even by
+    SIGKILL: without it the ranks of a killed launcher train on unseen, holding the run's lock.
+    Linux only (prctl); elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def current() -> Ranks:
     """This process's place in the initialised process group (one process: rank 0 of 1)."""
     if dist.is_available() and dist.is_initialized():

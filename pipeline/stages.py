@@ -268,6 +268,8 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
         load_prepared(params)
         ensure_writable(paths.CHECKPOINTS, files=(paths.MODEL,))
         return train_processes(params, fresh)
+    if ranks is not None:
+        distributed.end_with_launcher()
     ranks = ranks or distributed.Ranks()
     if ranks.world != params.train.processes:
         raise UserError(

@@ -84,3 +84,10 @@ def test_the_leader_exports_alone():
     alone = method.standalone("leader")
     torch.testing.assert_close(alone(x), method(x)["leader"])
     assert not any(p is q for p in alone.parameters() for q in method.net.branches[0].parameters())
+
+
+def test_an_attention_factor_above_the_channels_is_refused():
+    from ffl.methods.settings import MethodConfigError
+
+    with pytest.raises(MethodConfigError, match="more than resnet8's 64 feature channels"):
+        OKDDip(["resnet8"] * 3, num_classes=3, attention_factor=65)

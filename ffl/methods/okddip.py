@@ -20,7 +20,8 @@ from torch import nn
 from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
-from ffl.methods.settings import setting
+from ffl.methods.settings import MethodConfigError, setting
+from ffl.models.registry import backbone_spec
 
 CODE = "DefangChen/OKDDip"
 
@@ -43,7 +44,7 @@ class PeerAttention(nn.Module):
 
     def __init__(self, channels: int, factor: int):
         super().__init__()
-        width = max(1, channels // factor)
+        width = channels // factor
         self.query = nn.Linear(channels, width, bias=False)
         self.key = nn.Linear(channels, width, bias=False)
 
@@ -77,6 +78,14 @@ class OKDDip(Method):
     @classmethod
     def deployed(cls, n, settings):
         return "leader"
+
+    @classmethod
+    def check_settings(cls, archs, settings):
+        channels = backbone_spec(archs[0]).out_channels
+        if settings.attention_factor > channels:
+            raise MethodConfigError(
+                "attention_factor", f"{settings.attention_factor} is more than {archs[0]}'s {channels} feature channels"
+            )
 
     def __init__(self, archs, num_classes, shared=None, settings=None, **kwargs):
         super().__init__(archs, num_classes, shared, settings, **kwargs)
