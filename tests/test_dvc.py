@@ -110,7 +110,7 @@ def test_a_search_survives_every_later_dvc_command(repo):
     results = {p: p.read_bytes() for p in (repo / "tune").rglob("*") if p.is_file() and "ray" not in p.parts}
     assert {"best_params.yaml", "best_overrides.txt", "trials.csv", "summary.json"} <= {p.name for p in results}
     overrides = (repo / "tune/best_overrides.txt").read_text().split()
-    run(["dvc", "exp", "run", "-q", *overrides], repo)
+    run(["dvc", "exp", "run", "-q", *overrides, "train"], repo)  # the stage a search feeds
     assert "tune" not in run("dvc status", repo)
     assert {p: p.read_bytes() for p in results} == results
     # Versioned next to the experiments, as the README says.
