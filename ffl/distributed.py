@@ -72,6 +72,11 @@ def end_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _several() -> bool:
+    """A process group of more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def current() -> Ranks:
     """This process's place in the initialised process group (one process: rank 0 of 1)."""
     if dist.is_available() and dist.is_initialized():
@@ -135,20 +140,20 @@ def usable_batches(size: int, batch_size: int, drop_last: bool, world: int) -> i
 
 def sum_across(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over the ranks (in place; itself for one process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def max_across(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
 def from_main(obj):
     """Rank 0's ``obj`` on every rank (pickled through the process group; itself for one process)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)

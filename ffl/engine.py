@@ -122,41 +122,32 @@ class EpochSums:
         return group
 
     @staticmethod
-    def _across_ranks(groups: list[EpochGroup], flat: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """Every rank's sums and counts added up; a term's first non-finite step is the earliest
-        any rank saw (every rank's groups are the same: they take the same steps)."""
-        sums, bad, counts = [], [], []
-        offset = 0
-        for g in groups:
-            k = len(g.names)
-            sums.append(flat[offset : offset + k])
-            bad.append(flat[offset + k : offset + 2 * k])
-            offset += 2 * k
-        counts = torch.tensor([float(g.count) for g in groups], device=flat.device)
-        total = distributed.sum_across(torch.cat([*sums, counts]))
+    @torch.no_grad()
+    def _across_ranks(groups: list[EpochGroup]) -> None:
+        """Every rank's sums and counts added up, in place; a term's first non-finite step is the
+        earliest any rank saw (every rank has the same groups: they take the same steps)."""
+        counts = torch.tensor([float(g.count) for g in groups], device=groups[0].sums.device)
+        total = distributed.sum_across(torch.cat([*(g.sums for g in groups), counts]))
+        bad = torch.cat([g.first_bad.float() for g in groups])
         # The earliest bad step is the largest negated one; -1 (never) is kept below every step.
-        negated = distributed.max_across(
-            torch.cat([torch.where(b >= 0, -b, torch.full_like(b, -(2**40))) for b in bad])
-        )
+        negated = distributed.max_across(torch.where(bad >= 0, -bad, torch.full_like(bad, -(2**40))))
         first = torch.where(negated > -(2**40), -negated, torch.full_like(negated, -1.0))
-        out, i, j = [], 0, 0
-        for g in groups:
+        i = 0
+        for g, count in zip(groups, total[-len(groups) :].tolist()):
             k = len(g.names)
-            out += [total[i : i + k], first[j : j + k]]
-            i, j = i + k, j + k
-        return torch.cat(out), [int(c) for c in total[i:].tolist()]
+            g.sums.copy_(total[i : i + k])
+            g.first_bad.copy_(first[i : i + k])
+            g.count = int(count)
+            i += k
 
     def read(self, epoch: int) -> dict[str, float]:
         """Means of the losses, top-1 errors in %; raises NonFiniteLoss naming the first term that went bad."""
         groups = [g for g in self.groups.values() if g.count]
         if not groups:
             return {}
-        flat = torch.cat([torch.cat([g.sums, g.first_bad.float()]) for g in groups])
         if distributed.current().distributed:
-            flat, counts = self._across_ranks(groups, flat)
-            for g, count in zip(groups, counts):
-                g.count = count
-        flat = flat.tolist()
+            self._across_ranks(groups)
+        flat = torch.cat([torch.cat([g.sums, g.first_bad.float()]) for g in groups]).tolist()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         first_bad: list[tuple[int, str]] = []

@@ -19,6 +19,8 @@ import yaml
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params
 
+INTERRUPTED = "interrupted; run the same command again to resume from the last finished epoch"
+
 
 def torchrun_args(processes: int, params_file: Path, fresh: bool) -> list[str]:
     """torchrun's command line for one machine's ``processes`` ranks of `ffl train` on ``params_file``."""
@@ -74,11 +76,7 @@ def _run(params: Params, n: int, fresh: bool) -> None:
             if code == 2:  # the ranks refused the run before training (their one-line reason is above)
                 raise UserError(f"training process {rank} of {n} refused the run (its reason is above)") from None
             if code == 130:
-                raise Interrupted(
-                    "interrupted; run the same command again to resume from the last finished epoch"
-                ) from None
+                raise Interrupted(INTERRUPTED) from None
             raise TrainingFailed(message) from None
         except SignalException:
-            raise Interrupted(
-                "interrupted; run the same command again to resume from the last finished epoch"
-            ) from None
+            raise Interrupted(INTERRUPTED) from None

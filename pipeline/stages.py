@@ -323,10 +323,7 @@ def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, pro
                 print(f"resuming from {paths.CHECKPOINT} at epoch {done + 1}/{total} ({done} done)")
         except CheckpointError as e:
             raise UserError(str(e)) from None
-        try:
-            trainer.fit()
-        except NonFiniteLoss as e:
-            raise TrainingFailed(str(e)) from None
+        trainer.fit()  # a diverged run: TrainingFailed from train(), for every rank alike
         spec = input_spec(params, data)
         save_model(
             trainer.method,

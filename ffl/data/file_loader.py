@@ -22,7 +22,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from ffl.data.files import FileSplit
-from ffl.data.loader import Batches
+from ffl.data.loader import Batches, view_seed
 from ffl.distributed import Ranks
 
 
@@ -61,7 +61,7 @@ class _Images(torch.utils.data.Dataset):
         views = []
         try:
             for view in range(self.views):  # view 0 as a one-view run; each further view its own seed
-                generator.manual_seed((self.base + i + view * 0x9E3779B97F4A7C15) % (1 << 63))
+                generator.manual_seed(view_seed(self.base + i, view) % (1 << 63))
                 views.append(self.transform(image))
         finally:
             generator.set_state(state)

@@ -19,6 +19,12 @@ from ffl.data.arrays import Split
 from ffl.distributed import Ranks, shard, usable_batches
 
 
+def view_seed(key: int, view: int) -> int:
+    """The seed of augmented view ``view`` of whatever ``key`` seeds (an epoch, an image): view 0
+    keeps the key itself (a one-view run is unchanged), each further view gets its own."""
+    return key if view == 0 else (key + view * 0x9E3779B97F4A7C15) % (1 << 63)
+
+
 @dataclass(frozen=True)
 class Augment:
     pad: int = 4
@@ -85,9 +91,8 @@ class Batches:
         return self.seed * 1_000_003 + self.epoch
 
     def view_key(self, view: int) -> int:
-        """The seed of a view's augmentation draws: view 0 draws from the epoch's own key (a one-view
-        run is unchanged), each further view from its own."""
-        return self.epoch_key if view == 0 else (self.epoch_key + view * 0x9E3779B97F4A7C15) % (1 << 63)
+        """The seed of a view's augmentation draws for the whole epoch (``view_seed``)."""
+        return view_seed(self.epoch_key, view)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch on the device -> float, per-channel normalised."""
