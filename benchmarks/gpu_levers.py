@@ -137,7 +137,7 @@ def stem(batch: int, device: torch.device, dtype, steps: int) -> dict[str, float
     return out
 
 
-def kernels(batch: int, device: torch.device) -> None:
+def kernels(batch: int, device: torch.device, modes=(None,)) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from ffl.bench import random_cifar
@@ -146,7 +146,7 @@ def kernels(batch: int, device: torch.device) -> None:
     from ffl.methods import FFL
 
     steps = 20
-    for mode in (None, "default"):
+    for mode in modes:
         loader = DeviceLoader(
             random_cifar(batch * steps, 100), batch, (0.5,) * 3, (0.25,) * 3, device,
             augment=Augment(), shuffle=True, drop_last=True, channels_last=True,
@@ -169,6 +169,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, help="timed calls per variant (default: 200 on a GPU, 10 on a CPU)")
+    p.add_argument(
+        "--compiled-kernels", action="store_true", help="also profile the compiled step's kernels (a minute to compile)"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     steps = args.steps or (200 if device.type == "cuda" else 10)
@@ -183,7 +186,7 @@ def main() -> None:
     for variant, ms in stem(args.batch_size, device, dtype, steps).items():
         print(f"| {variant} | {ms:.3f} |", flush=True)
     if device.type == "cuda":
-        kernels(args.batch_size, device)
+        kernels(args.batch_size, device, (None, "default") if args.compiled_kernels else (None,))
 
 
 if __name__ == "__main__":

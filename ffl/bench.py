@@ -24,7 +24,7 @@ import torch
 from ffl.data import Augment, DeviceLoader, Split
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ffl.engine import TrainConfig, Trainer
-from ffl.methods import FFL
+from ffl.methods import FFL, METHODS, method_class
 from ffl.models import backbone_spec
 from ffl.precision import resolve_precision
 from ffl.step_mode import step_mode
@@ -36,6 +36,7 @@ class Result:
     images_per_s: float
     step_ms: float
     compile_s: float = 0.0
+    step: str = ""  # how the step ran (step_label)
 
 
 def sync(device: torch.device) -> None:
@@ -110,6 +111,14 @@ def reference(archs, num_classes, batch_size, device, steps, warmup, workers: in
     return Result("reference", steps * batch_size / dt, 1000 * dt / steps)
 
 
+def step_label(mode, own_step: bool) -> str:
+    """How the timed step ran, in the words docs/benchmarks.md uses."""
+    label = "whole-step graph" if mode.cuda_graph else "eager"
+    if mode.compile:
+        label += f" + compile {mode.compile}"
+    return label + (", peers in turn" if own_step else "")
+
+
 def project(
     archs,
     num_classes,
@@ -123,51 +132,85 @@ def project(
     cuda_graph=None,
     concurrent_branches=False,
     label="project",
+    method="ffl",
 ) -> Result:
-    data = random_cifar(batch_size * steps, num_classes)
-    loader = DeviceLoader(
-        data,
-        batch_size,
-        CIFAR100_MEAN,
-        CIFAR100_STD,
-        device,
-        augment=Augment(),
-        shuffle=True,
-        drop_last=True,
-        channels_last=channels_last,
-    )
+    """Images/s of ``method``'s training step (its own default settings) as the engine runs it:
+    the step mode ``ffl.step_mode`` chooses unless ``cuda_graph``/``compile`` say otherwise, the
+    augmented views the method takes, its own updates per batch."""
+    cls = method_class(method)
     torch.manual_seed(0)
-    method = FFL(list(archs), num_classes)
-    method.net.concurrent_branches = concurrent_branches
-    if cuda_graph is None:  # the default path, as ffl.step_mode decides it for training
-        mode = step_mode(FFL, method.settings, device.type, resolve_precision(precision, device), compile or "off")
-        cuda_graph = mode.cuda_graph
-    config = TrainConfig(epochs=10, precision=precision, compile=compile, cuda_graph=cuda_graph)
-    trainer = Trainer(method, loader, config)
-    # Warm-up: one short epoch (compilation, cuDNN autotuning, allocator), timed for the compile cost.
-    warm = DeviceLoader(
-        random_cifar(batch_size * max(warmup, 1), num_classes, seed=1),
-        batch_size,
-        CIFAR100_MEAN,
-        CIFAR100_STD,
-        device,
-        augment=Augment(),
-        drop_last=True,
-        channels_last=channels_last,
+    model = cls(list(archs), num_classes)
+    model.net.concurrent_branches = concurrent_branches
+    views = cls.train_views(len(archs), model.settings)
+
+    def batches(n, seed=0, shuffle=False):
+        return DeviceLoader(
+            random_cifar(batch_size * n, num_classes, seed),
+            batch_size,
+            CIFAR100_MEAN,
+            CIFAR100_STD,
+            device,
+            augment=Augment(),
+            shuffle=shuffle,
+            drop_last=True,
+            channels_last=channels_last,
+            views=views,
+        )
+
+    loader = batches(steps, shuffle=True)
+    resolved = resolve_precision(precision, device)
+    mode = step_mode(
+        cls, model.settings, device.type, resolved, compile or "off", "auto" if cuda_graph is None else cuda_graph
     )
-    trainer.train_loader = warm
+    config = TrainConfig(epochs=10, precision=precision, compile=mode.compile, cuda_graph=bool(mode.cuda_graph))
+    trainer = Trainer(model, loader, config)
+    # Warm-up: one short epoch (compilation, cuDNN autotuning, allocator), timed for the compile cost.
+    trainer.train_loader = batches(max(warmup, 1), seed=1)
     sync(device)
     t0 = time.perf_counter()
     trainer.train_epoch(100)
     sync(device)
-    compile_s = time.perf_counter() - t0 if (compile or cuda_graph) else 0.0
+    compile_s = time.perf_counter() - t0 if (mode.compile or mode.cuda_graph) else 0.0
     trainer.train_epoch(100)  # CUDA graphs record on the second call of a compiled function
     trainer.train_loader = loader
     t0 = time.perf_counter()
     trainer.train_epoch(100)  # ends with its one host sync
     sync(device)
     dt = time.perf_counter() - t0
-    return Result(label, steps * batch_size / dt, 1000 * dt / steps, compile_s)
+    if label == "project" and method != "ffl":
+        label = method
+    return Result(label, steps * batch_size / dt, 1000 * dt / steps, compile_s, step_label(mode, model.own_step))
+
+
+def methods_section(args, common, device) -> tuple[list, list[dict]]:
+    """Every method's step at ``--arch``, each with its own default number of sub-networks and
+    settings, as a table's row trains it."""
+    rows, records = [], []
+    names = list(METHODS) if args.methods == ["all"] else args.methods
+    for name in names:
+        cls = method_class(name)
+        n = args.subnets_per_method or cls.default_subnets
+        archs = [args.arch] * n
+        variants = [(None, "")]
+        if device.type == "cuda" and args.eager_too:
+            variants.append((False, " (eager)"))
+        for graph, suffix in variants:
+            r = project(
+                archs, batch_size=args.batch_size, precision=args.precision, method=name, cuda_graph=graph, **common
+            )
+            rows.append([name + suffix, n, r.step, f"{r.images_per_s:.0f}", f"{r.step_ms:.2f}"])
+            records.append(
+                {
+                    "method": name,
+                    "archs": archs,
+                    "step": r.step,
+                    "images_per_s": round(r.images_per_s),
+                    "step_ms": round(r.step_ms, 3),
+                    "default_path": graph is None,
+                }
+            )
+            print(f"| {' | '.join(str(c) for c in rows[-1])} |", flush=True)
+    return rows, records
 
 
 def machine(device: torch.device) -> str:
@@ -199,6 +242,26 @@ def run(args) -> dict:
     common = dict(num_classes=args.num_classes, device=device, steps=steps, warmup=args.warmup)
     out = {"machine": machine(device), "device": str(device), "sections": {}}
     print(f"# ffl bench on {out['machine']}\n")
+    if args.methods:
+        head = f"{args.arch}, {args.num_classes} classes, batch {args.batch_size}, precision {args.precision}"
+        print(f"## Every method's training step, {head}\n")
+        headers = ["method", "sub-networks", "step", "images/s", "ms/step"]
+        print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers), flush=True)
+        rows, records = methods_section(args, common, device)
+        out["sections"]["methods"] = rows
+        out["methods"] = {
+            "arch": args.arch,
+            "num_classes": args.num_classes,
+            "batch_size": args.batch_size,
+            "precision": resolve_precision(args.precision, device),
+            "torch": torch.__version__,
+            "runs": records,
+        }
+        out["markdown"] = f"## Every method's training step, {head}\n\n" + table(headers, rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+        return out
 
     ref = reference(archs, batch_size=args.batch_size, workers=args.ref_workers, **common)
     default_label = "project (whole-step CUDA graph)" if device.type == "cuda" else "project"
@@ -395,6 +458,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--counts", type=_at_least(2), nargs="+", default=[2, 3, 4], help="--scaling: numbers of sub-networks"
     )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["all", *METHODS],
+        help="time these methods' steps instead (each with its own default sub-networks and settings, "
+        "at --arch; no reference): all, or names",
+    )
+    p.add_argument("--subnets-per-method", type=_at_least(1), help="--methods: this many sub-networks for every method")
+    p.add_argument("--eager-too", action="store_true", help="--methods on a GPU: also time each step eagerly")
     p.add_argument("--json", help="also write the results as JSON to this file")
     return p
 

@@ -158,3 +158,26 @@ def from_main(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def per_rank_batch_norm(module: torch.nn.Module, world: int) -> None:
+    """Makes one process compute what ``world`` DDP processes compute together: each batch-norm
+    layer normalises each rank's part of a training batch (``shard``'s contiguous parts) with that
+    part's statistics, and keeps rank 0's running statistics (which DDP hands to every rank). The
+    one thing DDP computes per rank; used to check that N processes train the one-process model."""
+    import torch.nn.functional as F
+
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            own = bn.forward
+
+            def forward(x, bn=bn, own=own):
+                if not bn.training:
+                    return own(x)
+                bounds = [shard(0, len(x), Ranks(r, world)) for r in range(world)]
+                parts = [F.batch_norm(x[a:b], None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for a, b in bounds]
+                with torch.no_grad():
+                    own(x[bounds[0][0] : bounds[0][1]])
+                return torch.cat(parts)
+
+            bn.forward = forward

@@ -240,7 +240,7 @@ class Trainer:
             torch.nn.parallel.DistributedDataParallel(
                 method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=not method.static_step,
+                find_unused_parameters=method.partial_updates,
                 gradient_as_bucket_view=True,
             )
             if self.ranks.distributed
@@ -266,7 +266,9 @@ class Trainer:
         self.sums = EpochSums(self.device)
         self.epoch_arg = torch.zeros((), device=self.device)
         self.step_graph = (
-            StepGraph(self._graph_step, method, self.optimizer, self.sums.save, self.sums.restore)
+            StepGraph(
+                self._graph_step, method, self.optimizer, self.sums.save, self.sums.restore, phase=method.step_phase
+            )
             if config.cuda_graph
             else None
         )
@@ -409,6 +411,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 group = self._step(x, y, self.epoch_arg)
             group.count += len(y)
+            method.end_step()
             for cb in self.callbacks:
                 cb.on_step(self, epoch, step)
         return self.sums.read(epoch)  # the epoch's one host sync

@@ -15,6 +15,8 @@ What capture needs, and how it is kept exact:
 - Inputs are copied into static buffers; the epoch is a 0-d tensor the step reads. A batch of
   another shape (the last, smaller batch of an epoch under the paper's protocol) gets a graph of
   its own, warmed up and captured the first time it comes (the epoch's sums are kept across it).
+- A method whose steps differ by phase (DualNet: which network learns) gets one graph per phase,
+  warmed up and captured the first time each phase comes.
 - The learning rate is a constant of the captured optimiser kernels: the graph is captured again
   when the scheduler changes it (twice in the paper's schedule), reusing the warm state.
 """
@@ -43,11 +45,14 @@ class StepGraph:
         save_extra: Callable[[], object] = lambda: None,
         restore_extra: Callable[[object], None] = lambda state: None,
         warmup_steps: int = 3,
+        phase: Callable[[], object] = lambda: None,
     ):
         """``step(x, y)`` runs one training step on the given tensors, gradients starting at None;
         ``save_extra()`` / ``restore_extra(state)`` keep whatever else a step changes (the epoch's
-        metric sums) as it was before the warm-up steps."""
+        metric sums) as it was before the warm-up steps; ``phase()`` names the kind of step that comes
+        next (the method's ``step_phase``)."""
         self.step = step
+        self.phase = phase
         self.save_extra, self.restore_extra = save_extra, restore_extra
         self.model = model
         self.optimizer = optimizer
@@ -102,7 +107,7 @@ class StepGraph:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         """Copies the batch in and replays; returns what ``step`` returned when it was captured."""
-        shape = (tuple(x.shape), x.stride(), tuple(y.shape))
+        shape = (tuple(x.shape), x.stride(), tuple(y.shape), self.phase())
         c = self.captured.get(shape)
         if c is None:
             c = self.captured[shape] = _Captured(x, y)

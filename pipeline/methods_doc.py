@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 
-from ffl.methods import METHODS
+from ffl.methods import METHODS, Method
 from ffl.methods import settings as method_settings
 
 INTRO = """# Methods
@@ -69,11 +69,12 @@ def render() -> str:
         low, high = cls.subnets
         count = f"{low} or more" if high is None else (str(low) if low == high else f"{low} to {high}")
         sharing = SHARING[cls.sharing]
-        step = (
-            "static (the whole-step CUDA graph can replay it)"
-            if cls.static_step
-            else "decided in Python per step (eager)"
-        )
+        if not cls.static_step:
+            step = "decided in Python per step (eager)"
+        elif cls.step_phase is not Method.step_phase:
+            step = "static within each phase (the whole-step CUDA graph captures one graph per phase)"
+        else:
+            step = "static (the whole-step CUDA graph can replay it)"
         out += [
             f"## `{name}`: {cls.__name__}\n",
             f"{cls.reference}.\n",

@@ -7,7 +7,7 @@ import torch
 from ffl.callbacks import Callback
 from ffl.data import Augment, DeviceLoader, Split
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
-from ffl.methods import DML, FFL, ONE
+from ffl.methods import DML, FFL, KDCL, ONE, PCL, DualNet, OKDDip
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -23,12 +23,21 @@ def _deterministic_cudnn():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
 
 
-def loader(seed=0, keep_last=False):
+def loader(seed=0, keep_last=False, views=1):
     rng = np.random.default_rng(seed)
     n = 250 if keep_last else 256  # 250: three batches of 64 and a last one of 58
     split = Split(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n))
     return DeviceLoader(
-        split, 64, (0.5,) * 3, (0.25,) * 3, CUDA, augment=Augment(), shuffle=True, drop_last=not keep_last, seed=seed
+        split,
+        64,
+        (0.5,) * 3,
+        (0.25,) * 3,
+        CUDA,
+        augment=Augment(),
+        shuffle=True,
+        drop_last=not keep_last,
+        seed=seed,
+        views=views,
     )
 
 
@@ -36,16 +45,18 @@ def train(
     method_cls=FFL, epochs=3, checkpoint=None, resume=False, callbacks=(), concurrent=False, keep_last=False, **config
 ):
     torch.manual_seed(0)
-    method = method_cls(["resnet8", "resnet8"], 10)
+    settings = config.pop("settings", None)
+    method = method_cls(["resnet8"] * max(2, method_cls.subnets[0]), 10, settings=settings)
     method.net.concurrent_branches = concurrent
     cfg = dict(epochs=epochs, milestones=[2], lr=0.05, precision="fp32")  # the milestone forces a recapture
     cfg.update(config)
-    data = loader(keep_last=keep_last)
+    data = loader(keep_last=keep_last, views=method.train_views(method.num_subnets, method.settings))
     trainer = Trainer(method, data, TrainConfig(**cfg), callbacks=callbacks, checkpoint_path=checkpoint)
     if resume:
         trainer.resume_if_possible()
     history = trainer.fit()
-    return history, {k: v.detach().float().cpu() for k, v in method.state_dict().items()}
+    state = method.state_dict()
+    return history, {k: v.detach().float().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def assert_same_run(a, b):
@@ -58,13 +69,29 @@ def assert_same_run(a, b):
         rel = 1e-6 if epoch == 0 else 1e-4
         for key in (k for k in ha if k.startswith("train/")):
             assert ha[key] == pytest.approx(hb[key], rel=rel, abs=rel), (epoch, key)
-    for key in weights_a:
+    for key in weights_a:  # tensors, and extra state such as DualNet's turn
         torch.testing.assert_close(weights_a[key], weights_b[key], rtol=1e-4, atol=1e-4, msg=key)
 
 
 @pytest.mark.parametrize("method_cls", [FFL, DML, ONE])
 def test_graphed_step_trains_like_the_eager_loop(method_cls):
     assert_same_run(train(method_cls, cuda_graph=True), train(method_cls, cuda_graph=False))
+
+
+@pytest.mark.parametrize("method_cls", [OKDDip, KDCL, PCL])
+def test_graphed_step_of_the_later_methods_trains_like_the_eager_loop(method_cls):
+    """Several augmented views (KDCL, PCL), loss-only outputs (OKDDip) and PCL's temporal means
+    moved after every optimiser step inside the graph."""
+    assert_same_run(train(method_cls, cuda_graph=True), train(method_cls, cuda_graph=False))
+
+
+def test_dualnet_replays_one_graph_per_phase_like_the_eager_loop():
+    """The networks take turns (two graphs) and the last of three epochs is the joint fine-tuning
+    (a third); the turn carries over epochs as it does eagerly."""
+    settings = DualNet.Settings(finetune_fraction=0.34)
+    graphed = train(DualNet, cuda_graph=True, settings=settings)
+    assert_same_run(graphed, train(DualNet, cuda_graph=False, settings=settings))
+    assert {"train/loss/ce_sub0", "train/loss/ce_sub1"} <= set(graphed[0][-1])
 
 
 @pytest.mark.parametrize("method_cls", [FFL, DML])

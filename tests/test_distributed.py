@@ -13,15 +13,13 @@ import numpy as np
 import psutil
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ffl.artifact import load_model
 from ffl.data.arrays import Split
 from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileSplit
 from ffl.data.loader import Augment, DeviceLoader
-from ffl.distributed import Ranks, shard, usable_batches
+from ffl.distributed import Ranks, per_rank_batch_norm, shard, usable_batches
 from pipeline import stages
 from pipeline.params import load_params
 from tests.helpers import tiny_params, write_params
@@ -102,25 +100,6 @@ def two_processes(tmp_path_factory):
     return d, proc
 
 
-def halves_batch_norm(module: nn.Module) -> None:
-    """Each batch-norm layer normalises each half of a training batch with that half's statistics
-    (what each of two DDP processes computes over its part) and keeps the first half's running
-    statistics (rank 0's, which DDP hands to every rank)."""
-    for bn in module.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            own = bn.forward
-
-            def forward(x, bn=bn, own=own):
-                if not bn.training:
-                    return own(x)
-                halves = [F.batch_norm(h, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for h in x.chunk(2)]
-                with torch.no_grad():
-                    own(x[: len(x) // 2])
-                return torch.cat(halves)
-
-            bn.forward = forward
-
-
 def test_two_processes_train_the_one_process_model(tmp_path, monkeypatch):
     """Per-rank batch B/2 on two processes = batch B on one, each batch-norm layer given the
     halves' statistics (the only thing DDP computes per rank): two epochs of one step each, with a
@@ -139,7 +118,7 @@ def test_two_processes_train_the_one_process_model(tmp_path, monkeypatch):
     data = stages.load_prepared(p)
     trainer = stages.build_trainer(p, data, torch.device("cpu"))
     untrained = {k: v.detach().clone() for k, v in trainer.method.named_parameters()}
-    halves_batch_norm(trainer.method)
+    per_rank_batch_norm(trainer.method, 2)
     # Each rank computes with its share of the cores (pipeline/launch.py); CPU convolutions sum in
     # another order with another number of threads.
     threads = torch.get_num_threads()

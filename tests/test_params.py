@@ -67,7 +67,6 @@ def test_overrides_use_dvc_exp_run_syntax():
         (["train.device=cpu", "train.cuda_graph=true"], "train.cuda_graph", "needs a CUDA device"),
         (["train.momentum=0"], "train.nesterov", "momentum"),
         (["train.device=tpu"], "train.device", "expected auto"),
-        (["method.name=dualnet", "train.cuda_graph=true"], "train.cuda_graph", "dualnet"),
         (["train.precision=fp16", "train.cuda_graph=true"], "train.cuda_graph", "bf16 or fp32"),
         (["train.compile=reduce-overhead", "train.cuda_graph=true"], "train.compile", "its own CUDA graphs"),
         (["train.cuda_graph=sometimes"], "train.cuda_graph", "auto"),
@@ -181,7 +180,7 @@ def test_bad_search_spaces_are_refused_before_ray_starts(overrides, key, reason)
     [
         ([], True, None),  # FFL on a GPU: the whole step as one graph, no torch.compile
         (["train.compile=default"], True, "default"),  # fused kernels inside the graph
-        (["method.name=dualnet", "model.shared=auto"], False, None),  # Python-side alternation: eager
+        (["method.name=dualnet", "model.shared=auto"], True, None),  # one graph per phase (which net learns)
         (["method.name=dml"], True, None),  # alternating peers: several updates, one static step
         (["method.name=dml", "train.cuda_graph=false"], False, None),  # ... that torch.compile does not take
         (["train.precision=fp16"], False, "reduce-overhead"),  # the loss scaler syncs: torch.compile's graphs

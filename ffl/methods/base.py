@@ -9,8 +9,10 @@ the tune-space checks and docs/methods.md are built from these declarations):
 - ``subnets`` (min, max) and ``default_subnets``: how many sub-networks it trains;
 - ``sharing``: ``shared`` (branches over shared low-level layers), ``independent`` or ``either``;
 - ``outputs(n, settings)``: the classifiers it reports;
-- ``static_step``: whether every step launches the same device work (a whole-step CUDA graph can
-  replay it); ``reference`` and ``differences``: its source and what differs from it.
+- ``static_step``: whether every step of a phase launches the same device work (a whole-step CUDA
+  graph can replay it); ``partial_updates``: whether some steps leave parameters without gradients
+  (DDP must then look for them); ``reference`` and ``differences``: its source and what differs
+  from it.
 
 At run time: ``forward(images) -> {name: logits}`` (every classifier, all evaluated);
 ``loss(outputs, targets, epoch) -> {term: scalar}`` (their sum is minimised; ``epoch`` is a 0-d
@@ -28,11 +30,16 @@ Two extensions, for the methods that came after FFL:
 - ``after_step()``: called after every optimiser step, inside a captured whole-step CUDA graph
   too, so it is device work without host decisions (PCL's temporal-mean teachers). What it keeps
   lives in parameters without gradients or buffers, so checkpoints and model files carry it.
+- ``step_phase()`` and ``end_step()``: a method whose steps differ in what the host decides
+  (DualNet: which network learns this step) names the next step's phase; the whole-step graph
+  keeps one captured graph per phase. ``end_step()`` runs on the host after every training step,
+  outside any graph, and moves to the next phase.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -57,9 +64,12 @@ class Method(nn.Module):
     subnets: ClassVar[tuple[int, int | None]] = (1, None)
     default_subnets: ClassVar[int] = 2
     sharing: ClassVar[str] = "either"  # shared | independent | either
-    # Whether every training step launches the same device work, so that one captured CUDA graph
-    # can replay it. A method that decides in Python per step (DualNet's alternation) sets False.
+    # Whether every training step of a phase (``step_phase``) launches the same device work, so that
+    # one captured CUDA graph per phase can replay it.
     static_step: ClassVar[bool] = True
+    # Whether some steps leave parameters without gradients (DualNet's alternation): DDP must then
+    # look for unused parameters in every backward pass.
+    partial_updates: ClassVar[bool] = False
 
     def __init__(self, archs: list[str], num_classes: int, shared: bool | None = None, settings=None, **kwargs):
         super().__init__()
@@ -152,6 +162,14 @@ class Method(nn.Module):
 
     def after_step(self) -> None:
         """After every optimiser step: device work only (it is replayed inside a captured step)."""
+
+    def step_phase(self) -> Hashable:
+        """What the host decided about the next training step (None: every step is alike). The
+        whole-step graph captures one graph per phase."""
+        return None
+
+    def end_step(self) -> None:
+        """On the host, after every training step and outside any captured graph: the next phase."""
 
     def auxiliary_modules(self) -> list[nn.Module]:
         """Modules that are not sub-networks (fusion module, gate): optimised with ``aux_weight_decay``."""

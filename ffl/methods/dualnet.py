@@ -66,7 +66,7 @@ class DualNet(Method):
     subnets = (2, 2)
     default_subnets = 2
     sharing = "independent"
-    static_step = False  # the updated network alternates in Python, step by step
+    partial_updates = True  # each iterative step updates one network
 
     @classmethod
     def check_settings(cls, archs, settings):
@@ -96,6 +96,14 @@ class DualNet(Method):
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.finetuning = epoch >= round(epochs * (1.0 - self.settings.finetune_fraction))
 
+    def step_phase(self):
+        # Three kinds of step, each the same device work every time: one captured graph each.
+        return "finetune" if self.finetuning else self.turn
+
+    def end_step(self) -> None:
+        if not self.finetuning:
+            self.turn = 1 - self.turn
+
     def forward(self, images):
         feats, logits = self.net(images)
         if self.training:
@@ -104,7 +112,6 @@ class DualNet(Method):
                 logits = [z.detach() for z in logits]
             elif not self.finetuning:
                 active = self.turn
-                self.turn = 1 - self.turn
                 feats = [f if i == active else f.detach() for i, f in enumerate(feats)]
                 logits = [z if i == active else z.detach() for i, z in enumerate(logits)]
         out = self.named_subnets(logits)
