@@ -1,10 +1,15 @@
-"""`ffl report`: a table of the paper beside the runs that reproduce it.
+"""`ffl report`: a table of the paper beside the runs that reproduce it, or a table of our own
+(no paper numbers) with every row beside the table's ``compare`` row.
 
 The runs are DVC experiments, wherever they came from (`ffl reproduce`, `dvc exp run --queue`, a
 `dvc exp save`): an experiment belongs to a row when it ran the row's params, seed aside, by the
 rule a resumed run uses to recognise its checkpoint (``pipeline.stages.run_config``: the device,
 the CUDA graph switch and the decoding workers do not count). Per row and metric: mean +- std over
-seeds, the number of seeds, the paper's number and the difference; a row with no run says so.
+seeds, the number of seeds, the paper's number and the difference; a row with no run says so. A
+row without the paper's numbers reports the table's ``metrics`` (its deployed classifier, its
+sub-network mean) and their difference from the ``compare`` row's deployed classifier, with
+whether that difference is beyond the seeds' spread: larger than twice its standard error,
+sqrt(s_a^2/n_a + s_b^2/n_b), from the two rows' sample std over seeds.
 Written to reports/<table>.md (with the picture), reports/<table>.json and reports/<table>.png.
 
 Not a DVC stage: a stage runs under `dvc repro`'s repository lock and cannot list the experiments,
@@ -25,7 +30,7 @@ from pathlib import Path
 from ffl.checkpoint import atomic_write_bytes, atomic_write_text
 from pipeline.errors import UserError
 from pipeline.params import validate
-from pipeline.reproduce import Table, row_raw
+from pipeline.reproduce import Table, resolve_metric, row_metrics, row_raw
 
 REPORTS = Path("reports")
 
@@ -70,11 +75,16 @@ def metric(metrics: dict, key: str) -> float | None:
 
 
 def summarise(table: Table, runs: list[dict], overrides: list[str] = ()) -> list[dict]:
-    """One entry per (row, metric): the paper's number, ours over seeds, and the runs used."""
+    """One entry per (row, metric): ours over seeds, the runs used, and the paper's number or the
+    comparison with the table's ``compare`` row."""
     ids = [(identity(r["params"]), r) for r in runs]
     out = []
+    deployed: dict[str, dict[str, str]] = {}  # row -> kind -> its deployed metric
     for row_name, row in table.rows.items():
-        want = identity(row_raw(table, row_name, overrides))
+        raw = row_raw(table, row_name, overrides)
+        params = validate(raw)
+        want = identity(raw)
+        deployed[row_name] = {k: resolve_metric(f"{k}.deployed", params) for k in ("top1_err", "top5_err")}
         # One run per seed: the newest (dvc exp show lists HEAD's experiments first, then older
         # commits', each commit's newest first).
         by_seed: dict = {}
@@ -82,7 +92,8 @@ def summarise(table: Table, runs: list[dict], overrides: list[str] = ()) -> list
             if i is not None and i == want:
                 by_seed.setdefault(r["params"].get("seed"), r)
         matched = [by_seed[s] for s in sorted(by_seed, key=lambda s: (s is None, s))]
-        for key, paper in row.paper.items():
+        for key in row_metrics(table, row_name, params):
+            paper = row.paper.get(key)
             values = [(r["params"].get("seed"), metric(r["metrics"], key)) for r in matched]
             values = [(s, v) for s, v in values if v is not None]
             ours = [v for _, v in values]
@@ -90,19 +101,44 @@ def summarise(table: Table, runs: list[dict], overrides: list[str] = ()) -> list
             out.append(
                 {
                     "row": row_name,
+                    "method": params.method.name,
                     "metric": key,
+                    "deployed": key == deployed[row_name][key.partition(".")[0]],
                     "paper": paper,
                     "mean": mean,
                     "std": statistics.stdev(ours) if len(ours) > 1 else None,
+                    "values": ours,
                     "seeds": [s for s, _ in values],
                     "runs": [r["name"] for r in matched],
-                    "difference": None if mean is None else mean - paper,
+                    "difference": None if mean is None or paper is None else mean - paper,
                 }
             )
+    if table.compare is not None:
+        for e in out:
+            base_key = deployed[table.compare][e["metric"].partition(".")[0]]
+            base = next((b for b in out if b["row"] == table.compare and b["metric"] == base_key), None)
+            e.update(compare_with(e, base) if base is not None and e is not base else {})
+    return out
+
+
+def compare_with(entry: dict, base: dict) -> dict:
+    """``entry`` minus the ``base`` row's deployed classifier; beyond the seeds' spread when larger
+    than twice the standard error of the difference of the two means."""
+    out = {"baseline": {"row": base["row"], "metric": base["metric"], "mean": base["mean"], "std": base["std"]}}
+    if entry["mean"] is None or base["mean"] is None:
+        return out
+    out["vs_baseline"] = entry["mean"] - base["mean"]
+    a, b = entry["values"], base["values"]
+    if len(a) > 1 and len(b) > 1:
+        margin = 2 * math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+        out["margin"] = margin
+        out["beyond_spread"] = abs(out["vs_baseline"]) > margin
     return out
 
 
 def markdown(name: str, table: Table, entries: list[dict]) -> str:
+    if table.compare is not None and all(e["paper"] is None for e in entries):
+        return own_markdown(name, table, entries)
     lines = [
         f"# {table.title}",
         "",
@@ -115,17 +151,46 @@ def markdown(name: str, table: Table, entries: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for e in entries:
-        if e["mean"] is None:
-            ours, diff = "no runs yet", ""
-        else:
-            std = f" +- {e['std']:.2f}" if e["std"] is not None else ""
-            ours, diff = f"{e['mean']:.2f}{std}", f"{e['difference']:+.2f}"
-        lines.append(f"| {e['row']} | {e['metric']} | {e['paper']:.2f} | {ours} | {len(e['seeds'])} | {diff} |")
+        paper = "" if e["paper"] is None else f"{e['paper']:.2f}"
+        diff = "" if e["difference"] is None else f"{e['difference']:+.2f}"
+        lines.append(f"| {e['row']} | {e['metric']} | {paper} | {ours(e)} | {len(e['seeds'])} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def ours(e: dict) -> str:
+    if e["mean"] is None:
+        return "no runs yet"
+    return f"{e['mean']:.2f}" + (f" +- {e['std']:.2f}" if e["std"] is not None else "")
+
+
+def own_markdown(name: str, table: Table, entries: list[dict]) -> str:
+    """A table without the paper's numbers: every row against the ``compare`` row."""
+    base = next((e["baseline"] for e in entries if "baseline" in e), None)
+    against = f"{table.compare} ({base['metric']})" if base else table.compare
+    lines = [
+        f"# {table.title}",
+        "",
+        f"`ffl report {name}`: DVC experiments whose params are the row's (seed aside); top-1 error in %, mean +-"
+        f' sample std over seeds. No paper numbers: each row against {against}. "beyond spread": the'
+        " difference is larger than twice its standard error (sqrt(s_a^2/n_a + s_b^2/n_b)).",
+        "",
+        f"![{name}: every row against {table.compare}]({name}.png)",
+        "",
+        f"| row | classifier | ours | seeds | vs {table.compare} | 2 x s.e. | beyond spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        clf = e["metric"].partition(".")[2] + (" (deployed)" if e["deployed"] else "")
+        diff = f"{e['vs_baseline']:+.2f}" if "vs_baseline" in e else ""
+        margin = f"{e['margin']:.2f}" if "margin" in e else ""
+        beyond = {True: "yes", False: "no"}.get(e.get("beyond_spread"), "")
+        lines.append(f"| {e['row']} | {clf} | {ours(e)} | {len(e['seeds'])} | {diff} | {margin} | {beyond} |")
     return "\n".join(lines) + "\n"
 
 
 def picture(table: Table, entries: list[dict]) -> bytes:
-    """Ours (mean, error bar: std) against the paper's number, one line per row and metric."""
+    """Ours (mean, error bar: std) against the paper's number, or against the ``compare`` row's
+    deployed classifier (its mean and std as a band), one line per row and metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +199,15 @@ def picture(table: Table, entries: list[dict]) -> bytes:
     labels = [f"{e['row']}  {e['metric']}" for e in entries]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(entries) + 1.2))
     y = range(len(entries))
-    ax.scatter([e["paper"] for e in entries], y, marker="x", color="black", label="paper", zorder=3)
+    with_paper = [(i, e) for i, e in enumerate(entries) if e["paper"] is not None]
+    if with_paper:
+        ax.scatter([e["paper"] for _, e in with_paper], [i for i, _ in with_paper], marker="x", color="black",
+                   label="paper", zorder=3)  # fmt: skip
+    base = next((e["baseline"] for e in entries if e.get("baseline", {}).get("mean") is not None), None)
+    if base is not None:
+        ax.axvline(base["mean"], color="grey", lw=1, label=f"{base['row']} {base['metric']} (mean, +- std)")
+        if base["std"]:
+            ax.axvspan(base["mean"] - base["std"], base["mean"] + base["std"], color="grey", alpha=0.15)
     have = [(i, e) for i, e in enumerate(entries) if e["mean"] is not None]
     ax.errorbar(
         [e["mean"] for _, e in have],
@@ -145,9 +218,11 @@ def picture(table: Table, entries: list[dict]) -> bytes:
         capsize=3,
         label="ours (mean +- std over seeds)",
     )
+    anchor = base["mean"] if base is not None and base["mean"] is not None else 0.0
     for i, e in enumerate(entries):
         if e["mean"] is None:
-            ax.annotate("no runs yet", (e["paper"], i), textcoords="offset points", xytext=(8, -3), fontsize=8)
+            x = e["paper"] if e["paper"] is not None else anchor
+            ax.annotate("no runs yet", (x, i), textcoords="offset points", xytext=(8, -3), fontsize=8)
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("error (%)")

@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from pipeline.errors import Interrupted, ParamsError, TrainingFailed, UserError
 from pipeline.params import Params, apply_overrides, read_yaml, validate
 
 TABLES = Path("configs/tables.yaml")
-# What `ffl reproduce --dry-run` scales its estimates from: `ffl bench` on an NVIDIA H100 (FFL,
-# two ResNet-32 branches, CIFAR-100, batch 128, whole-step CUDA graph; docs/benchmarks.md).
-BENCH_REFERENCE = {"gpu": "NVIDIA H100", "arch": "resnet32", "images_per_s": 24_799}
+# What `ffl reproduce --dry-run` estimates from: each method's measured step (`ffl bench --methods`).
+THROUGHPUT = Path("configs/gpu_throughput.yaml")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 
 
@@ -53,7 +52,8 @@ def _no_seed(changes: list[str]) -> list[str]:
 
 class Row(_Strict):
     set: Annotated[list[str], AfterValidator(_no_seed)] = Field(default_factory=list)
-    paper: dict[str, float]  # metric of metrics/test.json (top1_err.fused) -> the paper's number
+    # metric of metrics/test.json (top1_err.fused) -> the paper's number; empty in a table of our own
+    paper: dict[str, float] = Field(default_factory=dict)
 
 
 class Table(_Strict):
@@ -61,6 +61,21 @@ class Table(_Strict):
     base: str
     set: Annotated[list[str], AfterValidator(_no_seed)] = Field(default_factory=list)
     rows: dict[Annotated[str, StringConstraints(pattern=NAME)], Row] = Field(min_length=1)
+    # Rows without the paper's numbers report these metrics (``deployed``: the classifier the row's
+    # method deploys) and are compared with the ``compare`` row's deployed classifier.
+    metrics: list[str] = Field(default_factory=lambda: ["top1_err.deployed", "top1_err.sub_mean"])
+    compare: str | None = None
+
+    @model_validator(mode="after")
+    def _comparable(self):
+        for key in self.metrics:
+            if key.partition(".")[0] not in ("top1_err", "top5_err") or not key.partition(".")[2]:
+                raise ValueError(f"metrics: {key!r} is not top1_err.<classifier> or top5_err.<classifier>")
+        if self.compare is not None and self.compare not in self.rows:
+            raise ValueError(f"compare: {self.compare!r} is not one of its rows ({', '.join(self.rows)})")
+        if self.compare is None and any(not row.paper for row in self.rows.values()):
+            raise ValueError("rows without paper numbers are compared with a row of the table: name it in compare")
+        return self
 
 
 def load_tables(path: Path = TABLES) -> dict[str, Table]:
@@ -123,12 +138,33 @@ def plan(tables, name: str, rows: list[str] | None, seeds: list[int], overrides:
     return runs
 
 
+def resolve_metric(key: str, params: Params) -> str:
+    """``top1_err.deployed`` as the classifier the row's method deploys (``top1_err.fused`` for FFL);
+    other keys as they are."""
+    kind, _, clf = key.partition(".")
+    if clf == "deployed":
+        return f"{kind}.{params.method_class.deployed(len(params.archs()), params.settings())}"
+    return key
+
+
+def row_metrics(table: Table, row: str, params: Params) -> list[str]:
+    """What a row reports: the paper's metrics, or the table's ``metrics`` that its method has."""
+    if table.rows[row].paper:
+        return list(table.rows[row].paper)
+    available = reported_classifiers(params)
+    return [m for m in (resolve_metric(k, params) for k in table.metrics) if m.partition(".")[2] in available]
+
+
+def reported_classifiers(params: Params) -> list[str]:
+    from pipeline.params import method_outputs
+
+    return method_outputs(params) + (["sub_mean"] if len(params.archs()) > 1 else [])
+
+
 def check_paper_metrics(where: str, paper: dict[str, float], params: Params) -> None:
     """Every number of the paper names a metric the row's runs report (or the report could never
     fill it in)."""
-    from pipeline.params import method_outputs
-
-    classifiers = method_outputs(params) + (["sub_mean"] if len(params.archs()) > 1 else [])
+    classifiers = reported_classifiers(params)
     for key in paper:
         kind, _, clf = key.partition(".")
         if kind not in ("top1_err", "top5_err") or clf not in classifiers:
@@ -167,24 +203,59 @@ def flops_per_image(p: Params) -> float:
     return float(counter.get_total_flops())
 
 
-def estimate_hours(runs: list[Run]) -> dict[str, float | None]:
-    """GPU hours per run: its FLOPs per epoch against the reference's measured rate."""
-    ref = validate(read_yaml("configs/cifar100_resnet32.yaml"))
-    ref_flops = flops_per_image(ref)
+class Throughput(_Strict):
+    gpu: str
+    date: str
+    torch: str
+    batch_size: int
+    images_per_s: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    hours: float
+    basis: str  # "measured" or what it was scaled from
+
+
+def estimate_hours(runs: list[Run], path: Path = THROUGHPUT) -> tuple[dict[str, Estimate | None], Throughput]:
+    """GPU hours per run: the measured images/s of its method and networks where there is one;
+    else a measured figure (the same method's, or FFL's) scaled by the ratio of forward FLOPs."""
+    try:
+        measured = Throughput.model_validate(read_yaml(path))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ParamsError(f"{path}: {'.'.join(map(str, err['loc']))}", err["msg"]) from None
+    ref_flops: dict[tuple[str, str], float] = {}
     flops: dict[tuple[str, str], float] = {}  # a row's seeds run the same network: counted once
-    out = {}
+    out: dict[str, Estimate | None] = {}
     for run in runs:
         images = train_images(run.params)
         if images is None:
             out[run.name] = None
             continue
-        if (run.table, run.row) not in flops:
-            flops[run.table, run.row] = flops_per_image(run.params)
-        seconds = (
-            run.params.train.epochs * images * flops[run.table, run.row] / (BENCH_REFERENCE["images_per_s"] * ref_flops)
-        )
-        out[run.name] = seconds / 3600
-    return out
+        p = run.params
+        figures = measured.images_per_s.get(p.method.name, {})
+        archs = p.archs()
+        exact = len(set(archs)) == 1 and len(archs) == p.method_class.default_subnets and archs[0] in figures
+        if exact and p.train.batch_size == measured.batch_size and p.data.source.startswith("cifar"):
+            rate, basis = figures[archs[0]], "measured"
+        else:
+            method, figures = (p.method.name, figures) if figures else ("ffl", measured.images_per_s["ffl"])
+            arch = "resnet32" if "resnet32" in figures else next(iter(figures))
+            if (method, arch) not in ref_flops:
+                ref_flops[method, arch] = flops_per_image(reference_params(method, arch))
+            if (run.table, run.row) not in flops:
+                flops[run.table, run.row] = flops_per_image(p)
+            rate = figures[arch] * ref_flops[method, arch] / flops[run.table, run.row]
+            basis = f"scaled from {method} {arch}"
+        out[run.name] = Estimate(p.train.epochs * images / rate / 3600, basis)
+    return out, measured
+
+
+def reference_params(method: str, arch: str) -> Params:
+    """The params of a measured figure: the method at its default size, CIFAR-100."""
+    sets = ["data.source=cifar100", f"method.name={method}", f"model.arch={arch}", "model.subnets=auto"]
+    return validate(apply_overrides(read_yaml("params.yaml"), [*sets, "model.archs=null", "model.shared=auto"]))
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -206,7 +277,7 @@ def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes]
     scratch = Path(tempfile.mkdtemp(prefix="ffl-run-"))
     try:
         with working_directory(scratch):
-            link_data_root(params, data_root)
+            params = link_data_root(params, data_root)
             stages.prepare(params)
             stages.train(params, progress=False)
             stages.evaluate(params)
@@ -224,14 +295,20 @@ def output_files() -> list[Path]:
     return files
 
 
-def link_data_root(params: Params, data_root: str) -> None:
-    """``data.root`` as the params name it (data/raw), pointing at the dataset the driver found
-    (on a cluster: the same path on every node, or a shared mount)."""
+def link_data_root(params: Params, data_root: str) -> Params:
+    """The params to run with here, their dataset at ``data_root`` (the one the driver found; on a
+    cluster: the same path on every node, or a shared mount). Where the prepared data records its
+    root (image-file indexes), ``data.root`` keeps its spelling and becomes a link to the dataset in
+    this (scratch) directory; elsewhere (CIFAR, whose files are checked by their sums) the params
+    simply point at it, which also serves a root outside the project (../shared/datasets)."""
+    if "data.root" not in params.data.provenance():
+        return params.model_copy(update={"data": params.data.model_copy(update={"root": data_root})})
     root = Path(params.data.root)
     if not root.is_absolute():
         root.parent.mkdir(parents=True, exist_ok=True)
         if not root.exists() and not root.is_symlink():
             os.symlink(data_root, root)
+    return params
 
 
 def git(*args: str, cwd: Path | str = ".") -> str:
@@ -301,9 +378,9 @@ def recorder():
             (tree / "params.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
             # prepare's output, for dvc.lock: deterministic from the data params, made here once.
             with working_directory(tree):
-                link_data_root(run.params, str((repo / run.params.data.root).resolve()))
+                here = link_data_root(run.params, str((repo / run.params.data.root).resolve()))
                 if prepared_provenance("data/prepared") != run.params.data.provenance():
-                    stages.prepare(run.params)
+                    stages.prepare(here)
             (tree / "checkpoints").mkdir(exist_ok=True)  # train's persistent output, empty once a run finished
             dvc("commit", "-f", cwd=tree)
             dvc("exp", "save", "-f", "-n", run.name, "-I", "dvclive", "-I", "plots", "-I", "metrics", cwd=tree)
@@ -391,17 +468,16 @@ def failure_reason(e: Exception) -> str:
 
 
 def dry_run(runs: list[Run], echo=print) -> dict:
-    hours = estimate_hours(runs)
+    hours, measured = estimate_hours(runs)
     done = recorded() if Path(".dvc").is_dir() else set()
     for run in runs:
-        h = hours[run.name]
-        state = "recorded" if run.name in done else f"~{h:.2f} GPU h" if h is not None else "unknown size"
+        e = hours[run.name]
+        state = "recorded" if run.name in done else f"~{e.hours:.2f} GPU h ({e.basis})" if e else "unknown size"
         echo(f"{run.name:48s} {run.params.method.name:8s} {'+'.join(run.params.archs()):28s} {state}")
-    left = [hours[r.name] for r in runs if r.name not in done and hours[r.name] is not None]
-    ref = BENCH_REFERENCE
+    left = [hours[r.name].hours for r in runs if r.name not in done and hours[r.name] is not None]
     echo(
-        f"{len(runs)} runs, {len(runs) - len(left)} recorded or unknown; ~{sum(left):.1f} GPU hours left, scaled by "
-        f"FLOPs from ffl bench on an {ref['gpu']} (FFL 2x{ref['arch']}: {ref['images_per_s']:,} images/s; "
-        "docs/benchmarks.md): a lower bound for networks that leave the GPU idle"
+        f"{len(runs)} runs, {len(runs) - len(left)} recorded or unknown; ~{sum(left):.1f} GPU hours left, from "
+        f"each method's step measured by ffl bench on an {measured.gpu} ({measured.date}, {THROUGHPUT}); "
+        "evaluation not included"
     )
-    return {"runs": [r.name for r in runs], "gpu_hours": hours}
+    return {"runs": [r.name for r in runs], "gpu_hours": {k: v and v.hours for k, v in hours.items()}}

@@ -1,4 +1,4 @@
-"""Writes tiny CIFAR archives in the real on-disk format (python pickles, torchvision's layout)."""
+"""Tiny CIFAR archives in both official forms: python pickles (torchvision's layout) and binary records."""
 
 import hashlib
 import pickle
@@ -45,3 +45,47 @@ def trust_written_archive(monkeypatch, name: str, lists) -> None:
     monkeypatch.setattr(cls, "train_list", train_list)
     monkeypatch.setattr(cls, "test_list", test_list)
     monkeypatch.setattr(cls, "meta", meta)
+
+
+def write_cifar_binary(root: Path, name: str, per_file: int = 20, seed: int = 0):
+    """CIFAR's binary version (records of label byte(s) + 3,072 pixel bytes), as the official
+    archives hold it. Returns the ``ffl.data.cifar.BinaryForm`` whose digests and sizes are those
+    of the files written, and the (train, test) images and labels written, in file order."""
+    import dataclasses
+
+    from ffl.data.cifar import BINARY
+
+    form = BINARY[name]
+    rng = np.random.default_rng(seed)
+    folder = root / form.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = 10 if name == "cifar10" else 100
+    written = {}
+
+    def batch(filename, algo):
+        images = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)
+        labels = (np.arange(per_file) * 7 + len(written)) % classes
+        head = [labels] if form.label_bytes == 1 else [labels // 5, labels]  # CIFAR-100: coarse, fine
+        records = np.concatenate([np.stack(head, 1).astype(np.uint8), images.reshape(per_file, -1)], 1)
+        (folder / filename).write_bytes(records.tobytes())
+        written[filename] = (images, labels)
+        return (filename, algo, hashlib.new(algo, records.tobytes()).hexdigest())
+
+    train = tuple(batch(f, algo) for f, algo, _ in form.train)
+    test = tuple(batch(f, algo) for f, algo, _ in form.test)
+    (folder / form.labels_file).write_text("".join(f"class{i}\n" for i in range(classes)) + "\n")
+    trusted = dataclasses.replace(
+        form, train=train, test=test, images_per_file={f: per_file for f in form.images_per_file}
+    )
+
+    def joined(files):
+        return np.concatenate([written[f][0] for f, *_ in files]), np.concatenate([written[f][1] for f, *_ in files])
+
+    return trusted, joined(train), joined(test)
+
+
+def trust_binary_archive(monkeypatch, name: str, form) -> None:
+    """Points the binary version's expected digests and sizes at the archive the test wrote."""
+    from ffl.data import cifar
+
+    monkeypatch.setitem(cifar.BINARY, name, form)

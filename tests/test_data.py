@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from ffl.data import ArrayDataset, Augment, DatasetNotFound, DeviceLoader, Split, load_cifar, make_shapes
+from ffl.data.cifar import read_cifar
 from ffl.data.synthetic import CLASSES
-from tests.cifar_archive import trust_written_archive, write_cifar
+from tests.cifar_archive import trust_binary_archive, trust_written_archive, write_cifar, write_cifar_binary
 
 
 def tiny_shapes(seed=0):
@@ -65,6 +66,58 @@ def test_corrupted_cifar_file_is_refused_naming_root_and_files(tmp_path, monkeyp
 def test_missing_cifar_says_where_and_what(tmp_path):
     with pytest.raises(DatasetNotFound, match=r"cifar100 not found .* cifar-100-python/train"):
         load_cifar("cifar100", tmp_path, 0.1, 0)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("point_at", ["parent", "folder"])
+def test_cifar_binary_version_reads_images_and_labels_as_written(tmp_path, monkeypatch, name, point_at):
+    form, (train_x, train_y), (test_x, test_y) = write_cifar_binary(tmp_path, name)
+    trust_binary_archive(monkeypatch, name, form)
+    root = tmp_path if point_at == "parent" else tmp_path / form.folder  # data.root: either folder
+    train, test, classes, found = read_cifar(name, root)
+    assert found == "binary" and len(classes) == (10 if name == "cifar10" else 100) and classes[3] == "class3"
+    assert np.array_equal(train.images, train_x) and np.array_equal(train.labels, train_y)
+    assert np.array_equal(test.images, test_x) and np.array_equal(test.labels, test_y)
+    # the channel planes: record bytes 1..1024 (CIFAR-100: 2..1025) are the red plane, row-major
+    record = (tmp_path / form.folder / form.train[0][0]).read_bytes()[: form.record]
+    assert bytes(train.images[0, 0].ravel()) == record[form.label_bytes : form.label_bytes + 1024]
+    assert train.labels[0] == record[form.label_index]
+    d = load_cifar(name, root, val_fraction=0.1, seed=0)
+    assert len(d.splits["train"]) + len(d.splits["val"]) == len(train_y) and d.splits["test"].images.shape[0] == 20
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "cifar-10-batches-bin/data_batch_4.bin is missing"),
+        ("truncated", "cifar-10-batches-bin/data_batch_4.bin is 61,000 bytes, the official file 61,460 (truncated)"),
+        ("altered", "cifar-10-batches-bin/data_batch_4.bin has md5"),
+    ],
+)
+def test_a_damaged_binary_file_is_named(tmp_path, monkeypatch, damage, message):
+    form, *_ = write_cifar_binary(tmp_path, "cifar10")
+    trust_binary_archive(monkeypatch, "cifar10", form)
+    victim = tmp_path / form.folder / "data_batch_4.bin"
+    blob = bytearray(victim.read_bytes())
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "truncated":
+        victim.write_bytes(bytes(blob[:61_000]))
+    else:
+        blob[5000] ^= 0xFF
+        victim.write_bytes(bytes(blob))
+    with pytest.raises(DatasetNotFound) as e:
+        load_cifar("cifar10", tmp_path, 0.1, 0)
+    assert message in str(e.value) and str(tmp_path) in str(e.value)
+    assert "(binary version)" in str(e.value) and "cifar-10-binary.tar.gz" in str(e.value)
+
+
+def test_the_official_binary_sums_are_the_ones_checked(tmp_path):
+    """Without the test's own digests, a written archive is refused: the table holds the official
+    (CIFAR-10: md5, CIFAR-100: MXNet's SHA-1) sums, not whatever is on disk."""
+    write_cifar_binary(tmp_path, "cifar10", per_file=10_000)
+    with pytest.raises(DatasetNotFound, match=r"data_batch_1.bin has md5 \w+, the official file 5dd7e06a"):
+        load_cifar("cifar10", tmp_path, 0.1, 0)
 
 
 def make_split(n=6):

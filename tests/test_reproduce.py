@@ -29,8 +29,10 @@ def test_every_preset_row_trains_an_epoch(table, row, monkeypatch):
     from ffl.data import make_shapes
 
     full = validate(rp.row_raw(TABLES[table], row))  # the row as it runs on its own data
-    assert full.data.protocol == "paper"  # every preset uses the authors' protocol
-    assert full.train.epochs == (300 if full.data.source.startswith("cifar") else full.train.epochs)
+    if TABLES[table].rows[row].paper:  # a table of the paper: the authors' protocol and schedule
+        assert full.data.protocol == "paper"
+        if full.data.source.startswith("cifar"):
+            assert full.train.epochs == 300
     for key in TABLES[table].rows[row].paper:  # every paper number names a classifier the row reports
         clf = key.split(".")[1]
         assert clf in [*full.method_class.outputs(len(full.archs()), full.settings()), "sub_mean"], key
@@ -49,17 +51,28 @@ def test_the_ablation_rows_switch_what_docs_paper_md_says():
     assert on == {"A": (1, 1, 1), "B": (0, 0, 1), "C": (1, 0, 1), "D": (1, 1, 0)}
 
 
-def test_a_dry_run_lists_the_runs_and_scales_the_benchmark_figure(monkeypatch):
+def test_a_dry_run_takes_each_methods_measured_step_and_scales_the_rest(monkeypatch):
     monkeypatch.chdir(ROOT)
+    measured = yaml.safe_load((ROOT / "configs/gpu_throughput.yaml").read_text())["images_per_s"]
     result = runner.invoke(app, ["reproduce", "cifar100-dualnet", "--dry-run", "--seeds", "0", "--seeds", "1"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert sum(line.startswith("cifar100-dualnet-") for line in lines) == 16
-    # The reference of the figure itself: 300 epochs x 50,000 images at 24,799 images/s.
-    ref = next(line for line in lines if line.startswith("cifar100-dualnet-resnet32-ffl-s0"))
-    assert f"~{300 * 50_000 / 24_799 / 3600:.2f} GPU h" in ref
-    deeper = next(line for line in lines if line.startswith("cifar100-dualnet-resnet56-ffl-s0"))
-    assert float(deeper.split("~")[1].split()[0]) > 1.6 * float(ref.split("~")[1].split()[0])
+
+    def line(name):
+        return next(x for x in lines if x.startswith(name))
+
+    def hours(name):
+        return float(line(name).split("~")[1].split()[0])
+
+    # Measured: 300 epochs x 50,000 images at the method's own figure, each method its own.
+    for method in ("ffl", "dualnet"):
+        name = f"cifar100-dualnet-resnet32-{method}-s0"
+        assert f"~{300 * 50_000 / measured[method]['resnet32'] / 3600:.2f} GPU h (measured)" in line(name)
+    # Another depth: the method's own figure scaled by FLOPs.
+    assert "(scaled from dualnet resnet32)" in line("cifar100-dualnet-resnet56-dualnet-s0")
+    assert hours("cifar100-dualnet-resnet56-ffl-s0") > 1.6 * hours("cifar100-dualnet-resnet32-ffl-s0")
+    assert "from each method's step measured by ffl bench on an NVIDIA H200" in result.output
 
 
 def test_unknown_tables_and_rows_are_named(monkeypatch):
@@ -202,10 +215,55 @@ def test_report_checks_every_table_and_key_before_writing(repo, monkeypatch):
     assert code == 2 and "nokey: unknown key" in out
 
 
+def own_table_runs(errors: dict[str, list[float]]) -> list[dict]:
+    """Experiments as `dvc exp show` lists them: one per seed of cifar10-cpu's rows, with the given
+    deployed-classifier errors (and sub-network means 1 point above)."""
+    table = TABLES["cifar10-cpu"]
+    runs = []
+    for row, values in errors.items():
+        for seed, err in enumerate(values):
+            raw = rp.apply_overrides(rp.row_raw(table, row), [f"seed={seed}"])
+            p = validate(raw)
+            deployed = p.method_class.deployed(len(p.archs()), p.settings())
+            top1 = {deployed: err, "sub_mean": err + 1.0}
+            runs.append({"name": f"{row}-s{seed}", "params": raw, "metrics": {"test": {"top1_err": top1}}})
+    return runs
+
+
+def test_a_table_without_paper_numbers_compares_every_row_with_its_vanilla_row(monkeypatch):
+    from pipeline import report
+
+    monkeypatch.chdir(ROOT)
+    table = TABLES["cifar10-cpu"]
+    runs = own_table_runs({"vanilla": [20.0, 21.0, 22.0], "ffl": [17.0, 17.5, 18.0], "dml": [21.0, 22.0, 20.0]})
+    entries = {(e["row"], e["metric"]): e for e in report.summarise(table, runs)}
+    ffl = entries["ffl", "top1_err.fused"]
+    assert ffl["deployed"] and ffl["paper"] is None and ffl["mean"] == pytest.approx(17.5)
+    assert ffl["vs_baseline"] == pytest.approx(-3.5)  # 17.5 - 21.0
+    # 2 x sqrt(0.25/3 + 1.0/3) = 1.291: the 3.5-point gain is beyond the seeds' spread, DML's 0.0 is not
+    assert ffl["margin"] == pytest.approx(2 * (1.25 / 3) ** 0.5)
+    assert ffl["beyond_spread"] is True
+    assert entries["dml", "top1_err.ensemble"]["beyond_spread"] is False
+    assert entries["ffl", "top1_err.sub_mean"]["vs_baseline"] == pytest.approx(-2.5)  # against vanilla's sub0
+    assert "vs_baseline" not in entries["vanilla", "top1_err.sub0"]  # the baseline itself
+    assert entries["pcl", "top1_err.mean0"]["mean"] is None  # no runs: said, not compared
+    md = report.markdown("cifar10-cpu", table, list(entries.values()))
+    assert "| ffl | fused (deployed) | 17.50 +- 0.50 | 3 | -3.50 | 1.29 | yes |" in md
+    assert "| dml | ensemble (deployed) | 21.00 +- 1.00 | 3 | +0.00 | 1.63 | no |" in md
+    assert "| pcl | mean0 (deployed) | no runs yet | 0 |  |  |  |" in md
+    assert report.picture(table, list(entries.values())).startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda t: {"../../escape": t}, "../../escape: a table's name is a plain word"),
+        (
+            lambda t: {"t": t | {"rows": {"A": {"set": []}}}},
+            "rows without paper numbers are compared with a row of the table: name it in compare",
+        ),
+        (lambda t: {"t": t | {"compare": "Z"}}, "compare: 'Z' is not one of its rows (A, B, C, D)"),
+        (lambda t: {"t": t | {"metrics": ["top1.fused"]}}, "metrics: 'top1.fused' is not top1_err.<classifier>"),
         (lambda t: {"t": t | {"rows": {"r 1": t["rows"]["A"]}}}, "t.rows.r 1.[key]: String should match pattern"),
         (lambda t: {"t": t | {"set": ["seed=5"]}}, "seed is set by `ffl reproduce --seeds`, not by a table or a row"),
         (
