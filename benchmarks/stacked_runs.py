@@ -11,12 +11,16 @@ kernel do K runs' work. Three ways, each timed as the aggregate images/s of K ru
 - ``vmap``: the K runs' parameters and buffers stacked (``torch.func.stack_module_state``) and the
   method's own forward and loss vectorised over them (``torch.func.vmap``), which turns each
   convolution into one grouped convolution; any method, unchanged;
-- ``grouped``: the layers themselves stacked (``stack_modules`` below): a K-run convolution is a
-  grouped convolution over channels laid out run by run, batch norm and heads K times wider, so
-  activations never change layout; FFL and vanilla (the fusion module's concatenation is
-  interleaved run by run).
+- ``grouped``: the layers themselves stacked (``ffl.stacked.stack_modules``): a K-run convolution is
+  a grouped convolution over channels laid out run by run, batch norm and heads K times wider, so
+  activations never change layout (the fusion module's concatenation is made run by run); a bare
+  step of forward, per-run losses, backward and SGD;
+- ``stacked``: the same layers trained by the project's engine (``ffl.stacked.StackedTrainer``: the
+  step ``ffl reproduce`` runs with ``reproduce.stack_seeds``, its per-run statistics included).
 
-On a GPU every stacked variant is captured as one whole-step CUDA graph (``ffl.step_graph``).
+On a GPU every variant is captured as one whole-step CUDA graph (``ffl.step_graph``); with
+``--compile`` the separate runs and the engine's stacked step also compile (torch.compile default
+inside the graph, the paper presets' setting).
 ``--check`` first verifies, on tiny shapes, that one stacked step gives every run the gradients
 and batch-norm statistics it gets alone (so the timings are of the right computation).
 
@@ -42,95 +46,10 @@ from ffl.bench import machine, random_cifar, sync
 from ffl.data import Augment, DeviceLoader
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ffl.engine import TrainConfig, Trainer
-from ffl.fusion import FusionModule
 from ffl.methods import method_class
 from ffl.precision import autocast, resolve_precision
+from ffl.stacked import StackedBatches, StackedRuns, StackedTrainer, stack_modules
 from ffl.step_graph import StepGraph
-
-# -- the layers of K runs as one -------------------------------------------------------------------
-
-
-class StackedLinear(nn.Module):
-    """K linear layers over features laid out run by run: (B, K*in) -> (B, K*out), in fp32 as the
-    project's heads are."""
-
-    def __init__(self, layers: list[nn.Linear]):
-        super().__init__()
-        self.k = len(layers)
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))  # (K, out, in)
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]))  # (K, out)
-
-    def forward(self, x):
-        x = x.float().unflatten(1, (self.k, -1))
-        return (torch.einsum("bki,koi->bko", x, self.weight) + self.bias).flatten(1)
-
-
-def _stacked_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
-    c, k = convs[0], len(convs)
-    out = nn.Conv2d(
-        c.in_channels * k,
-        c.out_channels * k,
-        c.kernel_size,
-        c.stride,
-        c.padding,
-        c.dilation,
-        groups=c.groups * k,
-        bias=c.bias is not None,
-    )
-    with torch.no_grad():
-        out.weight.copy_(torch.cat([m.weight for m in convs]))
-        if c.bias is not None:
-            out.bias.copy_(torch.cat([m.bias for m in convs]))
-    return out
-
-
-def _stacked_bn(bns: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
-    b = bns[0]
-    out = nn.BatchNorm2d(b.num_features * len(bns), b.eps, b.momentum)
-    with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(out, name).copy_(torch.cat([getattr(m, name) for m in bns]))
-        out.num_batches_tracked.copy_(b.num_batches_tracked)
-    return out
-
-
-def _stacked_fuse(k: int):
-    def fuse(self, feature_maps):
-        # Each map is (B, K*C_i, h, w), run by run; the concatenation must stay run by run.
-        maps = [f.unflatten(1, (k, -1)) for f in feature_maps]
-        return self.pointwise(self.depthwise(torch.cat(maps, 2).flatten(1, 2)))
-
-    return fuse
-
-
-def stack_modules(models: list[nn.Module]) -> nn.Module:
-    """One module computing K same-shaped models side by side: input channels, every feature map
-    and the logits laid out run by run ((B, K*C)). Convolutions, batch norm, linear layers and
-    the fusion module are stacked; everything else is element-wise or per channel."""
-    k = len(models)
-    out = copy.deepcopy(models[0])
-    sources = [dict(m.named_modules()) for m in models]
-    for name, module in list(out.named_modules()):
-        parts = [s[name] for s in sources]
-        if isinstance(module, nn.Conv2d):
-            new = _stacked_conv(parts)
-        elif isinstance(module, nn.BatchNorm2d):
-            new = _stacked_bn(parts)
-        elif isinstance(module, nn.Linear):
-            new = StackedLinear(parts)
-        else:
-            if isinstance(module, FusionModule):
-                module.fuse = _stacked_fuse(k).__get__(module)
-            continue
-        parent, _, attr = name.rpartition(".")
-        setattr(out.get_submodule(parent) if parent else out, attr, new)
-    return out
-
-
-def run_outputs(outputs: dict, k: int) -> list[dict]:
-    """The stacked outputs ((B, K*C) each) as K runs' output dicts."""
-    return [{n: z.unflatten(1, (k, -1))[:, i] for n, z in outputs.items()} for i in range(k)]
-
 
 # -- the K-run steps ------------------------------------------------------------------------------
 
@@ -200,9 +119,8 @@ def grouped_step(methods, device, precision, epoch=100.0, weight_decay=1e-4):
     def step(x, y):  # x: (B, K*3, H, W) run by run, y: (K, B)
         with autocast(device, precision, cache=False):
             out = model(x)
-        loss = sum(
-            torch.stack(list(model.loss(o, y[i], epoch).values())).sum() for i, o in enumerate(run_outputs(out, k))
-        )
+        runs = [{n: z.unflatten(1, (k, -1))[:, i] for n, z in out.items()} for i in range(k)]
+        loss = sum(torch.stack(list(model.loss(o, y[i], epoch).values())).sum() for i, o in enumerate(runs))
         loss.backward()
         opt.step()
         return loss.detach()
@@ -249,7 +167,7 @@ def check(method_name: str) -> None:
         compare("grouped", {n: p.grad for n, p in model.named_parameters()}, dict(model.named_buffers()))
 
 
-GROUPED = ("ffl", "vanilla")
+GROUPED = ("ffl", "vanilla", "dualnet", "kdcl")
 
 # -- timing ---------------------------------------------------------------------------------------
 
@@ -272,12 +190,12 @@ def loaders(k, n_batches, batch_size, device, channels_last=True):
     ]
 
 
-def timed_separate(method_name, archs, k, batch_size, device, steps, precision) -> float:
+def timed_separate(method_name, archs, k, batch_size, device, steps, precision, compile=None) -> float:
     trainers = []
     cls = method_class(method_name)
     for i, data in enumerate(loaders(k, steps, batch_size, device)):
         torch.manual_seed(i)
-        cfg = TrainConfig(epochs=10, precision=precision, cuda_graph=device.type == "cuda")
+        cfg = TrainConfig(epochs=10, precision=precision, cuda_graph=device.type == "cuda", compile=compile)
         t = Trainer(cls(archs, 100), data, cfg)
         t.train_loader = loaders(1, 5, batch_size, device)[0]
         t.train_epoch(100)  # warm-up and capture
@@ -287,6 +205,24 @@ def timed_separate(method_name, archs, k, batch_size, device, steps, precision) 
     t0 = time.perf_counter()
     for t in trainers:
         t.train_epoch(100)
+    sync(device)
+    return k * steps * batch_size / (time.perf_counter() - t0)
+
+
+def timed_engine(method_name, archs, k, batch_size, device, steps, precision, compile=None) -> float:
+    """The engine's stacked step (what `ffl reproduce` trains a row's seeds with)."""
+    cls = method_class(method_name)
+    methods = []
+    for i in range(k):
+        torch.manual_seed(i)
+        methods.append(cls(archs, 100))
+    cfg = TrainConfig(epochs=10, precision=precision, cuda_graph=device.type == "cuda", compile=compile)
+    trainer = StackedTrainer(StackedRuns(methods), StackedBatches(loaders(k, 5, batch_size, device)), cfg)
+    trainer.train_epoch(100)  # warm-up, capture, compilation
+    trainer.train_loader = StackedBatches(loaders(k, steps, batch_size, device))
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.train_epoch(100)
     sync(device)
     return k * steps * batch_size / (time.perf_counter() - t0)
 
@@ -338,7 +274,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128, help="each run's batch")
     p.add_argument("--steps", type=int, help="timed steps (default: 100 on a GPU, 3 on a CPU)")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--variants", nargs="+", default=["separate", "vmap", "grouped"])
+    p.add_argument("--variants", nargs="+", default=["separate", "vmap", "grouped", "stacked"])
+    p.add_argument("--compile", help="torch.compile mode of the separate runs' and the engine's stacked step")
     p.add_argument("--check", action="store_true", help="first check the stacked steps against separate ones")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -351,18 +288,22 @@ def main(argv=None) -> dict:
     precision = resolve_precision(args.precision, device)
     cls = method_class(args.method)
     archs = [args.arch] * cls.default_subnets
-    variants = [v for v in args.variants if v != "grouped" or args.method in GROUPED]
+    variants = [v for v in args.variants if v not in ("grouped", "stacked") or args.method in GROUPED]
     out = {"machine": machine(device), "method": args.method, "archs": archs, "batch_size": args.batch_size,
-           "precision": precision, "rows": []}  # fmt: skip
+           "precision": precision, "compile": args.compile, "rows": []}  # fmt: skip
     print(f"# K runs as one model on {out['machine']}: {args.method} {'+'.join(archs)}, batch {args.batch_size} "
-          f"per run, {precision}\n")  # fmt: skip
+          f"per run, {precision}, compile {args.compile}\n")  # fmt: skip
     print("| K | variant | aggregate images/s | vs K separate runs |\n|---|---|---|---|", flush=True)
     for k in args.ks:
         base = None
         for variant in variants:
             try:
                 if variant == "separate":
-                    rate = timed_separate(args.method, archs, k, args.batch_size, device, steps, precision)
+                    rate = timed_separate(
+                        args.method, archs, k, args.batch_size, device, steps, precision, args.compile
+                    )
+                elif variant == "stacked":
+                    rate = timed_engine(args.method, archs, k, args.batch_size, device, steps, precision, args.compile)
                 else:
                     rate = timed_stacked(variant, args.method, archs, k, args.batch_size, device, steps, precision)
             except Exception as e:  # a variant that cannot run is a result too

@@ -383,11 +383,17 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.after_step()
-        names = (*(f"train/loss/{k}" for k in terms), "train/loss/total", *(f"train/top1_err/{k}" for k in correct))
+        totals = self._totals(total, terms)
+        names = (*(f"train/loss/{k}" for k in (*terms, *totals)), *(f"train/top1_err/{k}" for k in correct))
         # Loss terms are batch means, weighted by the batch size here; errors are summed as correct counts.
-        losses = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float()])
+        losses = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())])
         values = torch.cat([losses * len(y), torch.stack([c.float() for c in correct.values()])])
         return self.sums.add(names, values)
+
+    @staticmethod
+    def _totals(total: torch.Tensor, terms: dict) -> dict[str, torch.Tensor]:
+        """The step's summed loss, as the curves name it."""
+        return {"total": total}
 
     def _graph_step(self, x, y) -> EpochGroup:
         return self._step(x, y, self.epoch_arg)

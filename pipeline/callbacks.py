@@ -70,6 +70,14 @@ class DVCLiveCallback(Callback):
             self.live.end()
 
 
+def write_curves(history: list[dict], directory: str | Path) -> None:
+    """The curves of a finished run from its epochs' metrics, as DVCLiveCallback writes them during
+    training (a run trained together with others: ffl.stacked)."""
+    callback = DVCLiveCallback(directory)
+    callback.on_train_start(None, 0, history)
+    callback.on_train_end(None, history)
+
+
 def progress_bar(description: str, console: Console | None = None):
     """``progress(iterable)`` for ``ffl.metrics.evaluate``: a Rich bar, silent when not a terminal."""
     from rich.progress import track

@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from pipeline.errors import Interrupted, ParamsError, TrainingFailed, UserError
 from pipeline.params import Params, apply_overrides, read_yaml, validate
+from pipeline.params.schema import ReproduceParams
 
 TABLES = Path("configs/tables.yaml")
 # What `ffl reproduce --dry-run` estimates from: each method's measured step (`ffl bench --methods`).
@@ -288,6 +289,47 @@ def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes]
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[list[dict[str, bytes]], str]:
+    """One row's runs (its seeds) trained as one model (pipeline.stacked), then each finished,
+    evaluated and exported in a scratch directory of its own, as ``execute`` does for one run."""
+    import ray
+    import torch
+
+    from pipeline import paths, stages
+    from pipeline.callbacks import write_curves
+    from pipeline.stacked import train_stacked
+
+    torch.set_num_threads(max(1, int(threads)))
+    scratch = Path(tempfile.mkdtemp(prefix="ffl-runs-"))
+    try:
+        dirs = [scratch / f"run{i}" for i in range(len(raws))]
+        runs = []
+        for d, raw in zip(dirs, raws):
+            d.mkdir()
+            with working_directory(d):
+                runs.append(link_data_root(validate(raw), data_root))
+        with working_directory(dirs[0]):
+            stages.prepare(runs[0])  # one dataset for all: the seeds share the data params
+            data = stages.load_prepared(runs[0])
+            device = stages.resolve_device(runs[0].train.device)
+            methods, histories = train_stacked(runs, data, device)
+        results = []
+        for d, params, method, history in zip(dirs, runs, methods, histories):
+            with working_directory(d):
+                if d != dirs[0]:
+                    Path("data").symlink_to(dirs[0] / "data")
+                stages.ensure_writable(paths.CHECKPOINTS, paths.DVCLIVE.parent)
+                write_curves(history, paths.LIVE)
+                stages.finish_run(method, params, data)
+                stages.evaluate(params)
+                stages.export()
+                results.append({str(f): f.read_bytes() for f in output_files()})
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        return results, node
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def output_files() -> list[Path]:
     files = []
     for out in map(Path, OUTPUTS):
@@ -422,34 +464,41 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
     r = params.reproduce
     have_gpus = ray.cluster_resources().get("GPU", 0) > 0
     pending = {}
-    for run in todo:
-        # A run of train.processes DDP processes (the ImageNet rows) holds that many GPUs on one node.
-        n = run.params.train.processes
+    for group in task_groups(todo, r, have_gpus):
+        # A run of train.processes DDP processes (the ImageNet rows) holds that many GPUs on one node;
+        # a row's stacked seeds share one.
+        n = group[0].params.train.processes
         gpus = n / r.runs_per_gpu if have_gpus else 0
-        remote = ray.remote(execute).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=0)
-        root = str((Path.cwd() / run.params.data.root).resolve())
-        pending[remote.remote(run.raw, root, r.cpus_per_run)] = run
+        root = str((Path.cwd() / group[0].params.data.root).resolve())
+        task = execute_stacked if len(group) > 1 else execute
+        remote = ray.remote(task).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=0)
+        raws = [run.raw for run in group] if len(group) > 1 else group[0].raw
+        pending[remote.remote(raws, root, r.cpus_per_run)] = group
+        if len(group) > 1:
+            echo(f"{group[0].table}-{group[0].row}: seeds {', '.join(str(x.seed) for x in group)} trained as one model")
     echo(f"{len(todo)} runs started ({len(summary['skipped'])} recorded already)")
     try:
         with recorder() as record:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                run = pending.pop(ready[0])
+                group = pending.pop(ready[0])
                 try:
                     files, node = ray.get(ready[0])
                 except Exception as e:  # the run's own failure: reported, the others go on
-                    summary["failed"][run.name] = failure_reason(e)
-                    echo(f"{run.name}: failed: {summary['failed'][run.name]}")
+                    for run in group:
+                        summary["failed"][run.name] = failure_reason(e)
+                        echo(f"{run.name}: failed: {summary['failed'][run.name]}")
                     continue
-                record(run, files)
-                summary["done"].append(run.name)
-                summary.setdefault("nodes", {})[run.name] = node
-                echo(f"{run.name}: recorded as a DVC experiment (ran on node {node[:8]})")
+                for run, outputs in zip(group, files if len(group) > 1 else [files], strict=True):
+                    record(run, outputs)
+                    summary["done"].append(run.name)
+                    summary.setdefault("nodes", {})[run.name] = node
+                    echo(f"{run.name}: recorded as a DVC experiment (ran on node {node[:8]})")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise Interrupted(
-            f"interrupted; {len(summary['done'])} runs recorded, {len(pending)} not: "
+            f"interrupted; {len(summary['done'])} runs recorded, {sum(map(len, pending.values()))} not: "
             "the same command continues with those"
         ) from None
     if summary["failed"]:
@@ -459,6 +508,18 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
             f"{len(summary['done'])} recorded; the same command runs the failed ones again"
         )
     return summary
+
+
+def task_groups(runs: list[Run], reproduce: ReproduceParams, have_gpus: bool) -> list[list[Run]]:
+    """The Ray tasks to start: one run each, or a row's seeds together where they stack
+    (pipeline.stacked.stacks)."""
+    from pipeline.stacked import stacks
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        key = f"{run.table}/{run.row}" if stacks(run.params, reproduce, have_gpus) else run.name
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
 
 
 def failure_reason(e: Exception) -> str:

@@ -324,26 +324,32 @@ def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, pro
         except CheckpointError as e:
             raise UserError(str(e)) from None
         trainer.fit()  # a diverged run: TrainingFailed from train(), for every rank alike
-        spec = input_spec(params, data)
-        save_model(
-            trainer.method,
-            paths.MODEL,
-            {
-                "name": data.name,
-                "classes": data.classes,
-                "mean": list(data.mean),
-                "std": list(data.std),
-                "input": {"size": spec.size, "resize": spec.resize},
-                "provenance": params.data.provenance(),
-            },
-        )
-        replace_directory(paths.LIVE, paths.DVCLIVE)
+        finish_run(trainer.method, params, data)
         # The finished run lives on in the model file; a stale checkpoint would only block the next
         # configuration from starting.
         paths.CHECKPOINT.unlink(missing_ok=True)
     finally:
         lock.release()
     return paths.MODEL
+
+
+def finish_run(method, params: Params, data: Dataset) -> None:
+    """A trained run's outputs: the model file, with what it was trained on, and the curves
+    (written to paths.LIVE while it trained) moved to paths.DVCLIVE beside it."""
+    spec = input_spec(params, data)
+    save_model(
+        method,
+        paths.MODEL,
+        {
+            "name": data.name,
+            "classes": data.classes,
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "input": {"size": spec.size, "resize": spec.resize},
+            "provenance": params.data.provenance(),
+        },
+    )
+    replace_directory(paths.LIVE, paths.DVCLIVE)
 
 
 def deployed(method) -> str:

@@ -142,3 +142,38 @@ def test_graphed_step_reports_the_first_non_finite_term():
         eager.value.epoch,
         eager.value.step,
     )
+
+
+def test_stacked_seeds_replay_as_one_graph_and_train_as_each_run_alone(monkeypatch):
+    """K runs as one model (ffl.stacked) under the whole-step graph: each run ends where it ends
+    trained alone. TF32 off: grouped and separate convolutions would round differently in it."""
+    from ffl.stacked import StackedBatches, StackedEval, StackedRuns, StackedTrainer, run_history, unstack
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    seeds = (0, 1, 2)
+    cfg = dict(epochs=2, milestones=[1], lr=0.02, precision="fp32", cuda_graph=True)
+
+    def built(seed):
+        torch.manual_seed(seed)
+        return FFL(["resnet8", "resnet8"], 10)
+
+    def data(seed):
+        return loader(seed=seed)
+
+    alone = []
+    for seed in seeds:
+        method = built(seed)
+        history = Trainer(method, data(seed), TrainConfig(**cfg), data(9)).fit()
+        alone.append((method, history))
+    model = StackedRuns([built(s) for s in seeds])
+    history = StackedTrainer(
+        model, StackedBatches([data(s) for s in seeds]), TrainConfig(**cfg), StackedEval(data(9), len(seeds))
+    ).fit()
+    runs = unstack(model, [built(0).to(CUDA) for _ in seeds])
+    for i, (method, own) in enumerate(alone):
+        for a, b in zip(run_history(history, i), own):
+            for key in (k for k in b if k.startswith(("train/", "val/"))):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), (i, key)
+        for key, value in method.state_dict().items():
+            torch.testing.assert_close(runs[i].state_dict()[key], value, rtol=1e-4, atol=1e-4, msg=key)

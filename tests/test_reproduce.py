@@ -188,6 +188,42 @@ def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch,
     assert "t-C-s0" in experiments(repo) and "t-diverges-s0" not in experiments(repo)
 
 
+def test_a_rows_seeds_trained_as_one_model_are_recorded_as_each_run_alone(repo, monkeypatch, tmp_path):
+    """reproduce.stack_seeds: the seeds of a row train as one model (ffl.stacked), and each is
+    recorded with the model, curves and metrics it gets when it runs alone."""
+    from ffl.artifact import load_model
+
+    args = ["reproduce", "cifar100-ablation", "--rows", "B", "--seeds", "3", "--seeds", "4", *SET_TINY]
+    code, out = ffl(repo, monkeypatch, *args, "-S", "reproduce.stack_seeds=true")
+    assert code == 0, out
+    assert "cifar100-ablation-B: seeds 3, 4 trained as one model" in out
+    assert {"cifar100-ablation-B-s3", "cifar100-ablation-B-s4"} <= set(experiments(repo))
+    run("dvc exp apply cifar100-ablation-B-s4", repo)
+    try:
+        stacked = dict(load_model(Path(repo) / "models/model.pt")[0].state_dict())
+        stacked_metrics = json.loads((Path(repo) / "metrics/test.json").read_text())
+        stacked_curves = json.loads((Path(repo) / "dvclive/metrics.json").read_text())
+    finally:
+        run("git checkout -- . && git clean -fdq", repo)
+    # The same run alone, as `ffl reproduce` runs one run.
+    monkeypatch.chdir(repo)
+    (alone_run,) = rp.plan(rp.load_tables(), "cifar100-ablation", ["B"], [4], TINY)
+    files, _ = rp.execute(alone_run.raw, str(tmp_path), 1)
+    (tmp_path / "model.pt").write_bytes(files["models/model.pt"])
+    alone = dict(load_model(tmp_path / "model.pt")[0].state_dict())
+    for key, value in alone.items():
+        torch.testing.assert_close(stacked[key], value, rtol=1e-4, atol=1e-4, msg=key)
+    assert flat(json.loads(files["metrics/test.json"])) == pytest.approx(flat(stacked_metrics), abs=0.01)
+    assert flat(json.loads(files["dvclive/metrics.json"])) == pytest.approx(flat(stacked_curves), abs=1e-4)
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+    return out
+
+
 def test_uncommitted_code_is_refused_before_any_run(repo, monkeypatch):
     (Path(repo) / "ffl/extra.py").write_text("# an uncommitted change\n")
     try:

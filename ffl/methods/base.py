@@ -11,7 +11,9 @@ the tune-space checks and docs/methods.md are built from these declarations):
 - ``outputs(n, settings)``: the classifiers it reports;
 - ``static_step``: whether every step of a phase launches the same device work (a whole-step CUDA
   graph can replay it); ``partial_updates``: whether some steps leave parameters without gradients
-  (DDP must then look for them); ``reference`` and ``differences``: its source and what differs
+  (DDP must then look for them); ``stackable``: whether K runs of it can train as one model with
+  their layers side by side (``ffl.stacked``: its forward combines sub-networks only element-wise
+  or through the fusion module); ``reference`` and ``differences``: its source and what differs
   from it.
 
 At run time: ``forward(images) -> {name: logits}`` (every classifier, all evaluated);
@@ -70,6 +72,10 @@ class Method(nn.Module):
     # Whether some steps leave parameters without gradients (DualNet's alternation): DDP must then
     # look for unused parameters in every backward pass.
     partial_updates: ClassVar[bool] = False
+    # Whether K runs (a row's seeds) can train as one model, each layer the K runs' side by side
+    # (ffl.stacked): the forward may mix sub-networks only element-wise or through the fusion
+    # module; a gate, attention or a layer over concatenated features would mix the runs.
+    stackable: ClassVar[bool] = False
 
     def __init__(self, archs: list[str], num_classes: int, shared: bool | None = None, settings=None, **kwargs):
         super().__init__()

@@ -57,6 +57,7 @@ class DML(Method):
     subnets = (2, None)
     default_subnets = 2
     sharing = "independent"
+    stackable = True
 
     @classmethod
     def has_own_step(cls, settings) -> bool:

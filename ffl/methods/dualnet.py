@@ -67,6 +67,7 @@ class DualNet(Method):
     default_subnets = 2
     sharing = "independent"
     partial_updates = True  # each iterative step updates one network
+    stackable = True
 
     @classmethod
     def check_settings(cls, archs, settings):

@@ -69,6 +69,7 @@ class FFL(Method):
     subnets = (2, None)
     default_subnets = 2
     sharing = "either"
+    stackable = True
 
     @classmethod
     def check_settings(cls, archs, settings):

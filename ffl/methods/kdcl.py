@@ -79,6 +79,7 @@ class KDCL(Method):
     subnets = (2, None)
     default_subnets = 2
     sharing = "independent"
+    stackable = True
 
     @classmethod
     def train_views(cls, n, settings):

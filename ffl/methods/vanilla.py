@@ -14,6 +14,7 @@ class Vanilla(Method):
     subnets = (1, None)
     default_subnets = 1
     sharing = "independent"
+    stackable = True
 
     def forward(self, images):
         return self.named_subnets(self.net(images)[1])

@@ -223,6 +223,8 @@ class ReproduceParams(Section):
 
     runs_per_gpu: int = Field(ge=1, le=64)  # runs packed onto one GPU (each takes 1/runs_per_gpu of it)
     cpus_per_run: float = Field(gt=0)
+    # A row's seeds trained as one model (ffl.stacked) where the method allows: auto = on GPUs.
+    stack_seeds: AutoBool
 
 
 class Params(Section):
