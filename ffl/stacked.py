@@ -124,7 +124,7 @@ def stack_refusal(method_cls, settings) -> str | None:
             "concatenated features), which K runs laid side by side would mix"
         )
     if method_cls.has_own_step(settings):
-        return f"{method_cls.name}'s step updates the networks several times per batch"
+        return f"{method_cls.name}'s step updates the networks several times per batch (its one-update step stacks)"
     return None
 
 

@@ -63,6 +63,15 @@ def _value(v) -> str:
     )
 
 
+def stacking(cls) -> str:
+    from ffl.stacked import stack_refusal
+
+    reason = stack_refusal(cls, cls.Settings())
+    if reason is None:
+        return "yes (ffl/stacked.py)"
+    return "no: " + reason.replace(f"{cls.name}'s ", "its ", 1).removeprefix(cls.name + " ")
+
+
 def render() -> str:
     out = [INTRO]
     for name, cls in METHODS.items():
@@ -86,7 +95,8 @@ def render() -> str:
                 if (views := cls.train_views(cls.default_subnets, cls.Settings())) > 1
                 else []
             ),
-            f"- step: {step}\n",
+            f"- step: {step}",
+            f"- a row's seeds as one model (`reproduce.stack_seeds`): {stacking(cls)}\n",
         ]
         rows = method_settings.rows(cls.Settings)
         if rows:

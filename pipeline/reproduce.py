@@ -538,7 +538,7 @@ def dry_run(runs: list[Run], echo=print) -> dict:
     left = [hours[r.name].hours for r in runs if r.name not in done and hours[r.name] is not None]
     echo(
         f"{len(runs)} runs, {len(runs) - len(left)} recorded or unknown; ~{sum(left):.1f} GPU hours left, from "
-        f"each method's step measured by ffl bench on an {measured.gpu} ({measured.date}, {THROUGHPUT}); "
-        "evaluation not included"
+        f"each method's step measured by ffl bench on an {measured.gpu} ({measured.date}, {THROUGHPUT}) without "
+        "torch.compile or stacked seeds (docs/benchmarks.md: both shorten it), evaluation not included"
     )
     return {"runs": [r.name for r in runs], "gpu_hours": {k: v and v.hours for k, v in hours.items()}}
