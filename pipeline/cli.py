@@ -173,9 +173,10 @@ def tune(
         str | None, typer.Option(help="Ray cluster to join: auto, or host:port (default: RAY_ADDRESS or a local Ray)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted search, keeping its finished trials")] = False,
-    fresh: Annotated[bool, typer.Option(help="discard an earlier search in tune/ray and start over")] = False,
+    fresh: Annotated[bool, typer.Option(help="discard an earlier search in <out>/ray and start over")] = False,
+    out: Annotated[Path, typer.Option(help="the results folder (and, unless tune.storage says, Ray's)")] = Path("tune"),
 ):
-    """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/.
+    """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/ (--out).
 
     Each trial trains tune.epochs epochs (null: train.epochs) and is scored by tune.metric
     (minimised). tune/best_params.yaml and tune/best_overrides.txt both hold what the best trial
@@ -191,7 +192,7 @@ def tune(
     p = validate(raw)
     from pipeline.tune import tune as run  # checks the search space before Ray starts
 
-    summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=read_yaml(params))
+    summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=read_yaml(params), out=out)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -263,15 +264,15 @@ def reproduce(
     """A table of the paper over seeds: every (row, seed) a run on Ray, recorded as the DVC
     experiment <table>-<row>-s<seed>. Runs recorded already are skipped, so the same command
     continues an interrupted reproduction; a failed run is reported and the others go on.
-    -S applies to every run (and `ffl report` needs the same -S to find them). Packing and CPUs per
-    run: the reproduce section of the params file (--params)."""
+    -S applies to every run (and `ffl report` needs the same -S to find them). Packing, CPUs per
+    run and stacked seeds: the reproduce section of the params file (--params), -S included."""
     from pipeline import reproduce as rp
 
     runs = rp.plan(rp.load_tables(tables), table, rows, seeds, set_ or [])
     if dry_run:
         rp.dry_run(runs, echo=typer.echo)
         return
-    summary = rp.reproduce(runs, _params(params, None), address=address, echo=typer.echo)
+    summary = rp.reproduce(runs, _params(params, set_), address=address, echo=typer.echo)
     typer.echo(f"{len(summary['done'])} recorded, {len(summary['skipped'])} recorded before; `ffl report {table}`")
 
 

@@ -5,7 +5,9 @@ on the validation split, reporting each epoch (ASHA stops bad trials from those 
 checkpoint, so a trial that Ray restarts or pauses continues where it was. The driver's state lives
 under tune/ray, so an interrupted search continues with `ffl tune --resume`. Results land in tune/:
 trials.csv (every trial's params and metrics), best_params.yaml (a whole params file),
-best_overrides.txt (`-S` pairs for `dvc exp run`), summary.json and Optuna's plots.
+best_overrides.txt (`-S` pairs for `dvc exp run`), summary.json and Optuna's plots; `--out` names
+another folder (one per search: an FFL and a DML search side by side). ``tune.time_budget_min``
+bounds a search in time: trials stop starting when it runs out and the finished ones are ranked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -142,6 +145,7 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
             scheduler=scheduler,
             num_samples=t.trials,
             max_concurrent_trials=t.max_concurrent or None,
+            time_budget_s=t.time_budget_min * 60 if t.time_budget_min else None,
         ),
         run_config=ray.tune.RunConfig(
             name=EXPERIMENT,
@@ -242,7 +246,22 @@ def changed_params(base: dict, ran: dict) -> dict[str, str]:
     }
 
 
-def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR, base: dict | None = None) -> dict:
+def scored_on(data) -> dict:
+    """What the trials were scored on, said in every result: the validation split, never the test split."""
+    n = len(data.splits["val"]) if "val" in data.splits else 0
+    return {"split": "val", "images": n, "note": "the held-out validation split; the test split is not seen"}
+
+
+def write_results(
+    results,
+    params: Params,
+    raw: dict,
+    out: Path = TUNE_DIR,
+    base: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """tune/ (or ``out``): trials.csv, summary.json (with ``extra``: what the trials were scored on,
+    the wall time, why the search stopped), best_params.yaml, best_overrides.txt and the plots."""
     import csv
     import io
 
@@ -270,13 +289,14 @@ def write_results(results, params: Params, raw: dict, out: Path = TUNE_DIR, base
     best = min(scored, key=lambda r: r["score"])
     best_config = {k: best[k] for k in t.dimensions()}
     summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
+    summary |= extra or {}
     ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
     pairs = changed_params(base if base is not None else raw, ran)
     atomic_write_text(
         out / "best_params.yaml",
-        f"# What the best of {len(rows)} trials ran ({t.metric} = {best['score']:.4f}): "
-        "`ffl train -p tune/best_params.yaml`.\n"
-        f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: tune/best_overrides.txt\n"
+        f"# What the best of {len(rows)} trials ran ({t.metric} = {best['score']:.4f}, on the validation split): "
+        f"`ffl train -p {out}/best_params.yaml`.\n"
+        f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: {out}/best_overrides.txt\n"
         + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
     )
     atomic_write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
@@ -294,6 +314,8 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
     study = optuna.create_study(direction="minimize")
     dists = distributions(params)
     for r in rows:
+        if any(r[k] is None for k in dists):
+            continue  # stopped by the time budget before it was given its values
         ok = not r["status"].startswith("failed") and math.isfinite(r["score"])
         study.add_trial(
             optuna.trial.create_trial(
@@ -341,16 +363,16 @@ class SearchStorage:
     (s3://, gs://, ...). Read and written through pyarrow's filesystems, as Ray itself does, so one
     code path serves both; the results for people (trials.csv, best params) land in tune/ either way."""
 
-    def __init__(self, root: str | None):
+    def __init__(self, root: str | None, out: Path = TUNE_DIR):
         import pyarrow.fs
 
-        self.root = root if root and "://" in root else str(Path(root or TUNE_DIR / "ray").resolve())
+        self.root = root if root and "://" in root else str(Path(root or out / "ray").resolve())
         try:
             self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.root)
         except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError) as e:
             raise UserError(f"tune.storage: {root!r} is not a path or a storage URI pyarrow knows ({e})") from None
         self.experiment = f"{self.root.rstrip('/')}/{EXPERIMENT}"
-        self.shown = f"{(root or str(TUNE_DIR / 'ray')).rstrip('/')}/{EXPERIMENT}"  # as the user named it
+        self.shown = f"{(root or str(out / 'ray')).rstrip('/')}/{EXPERIMENT}"  # as the user named it
         self.record = f"{self.path.rstrip('/')}/{EXPERIMENT}.params.json"  # what the search runs
 
     def __str__(self) -> str:
@@ -439,14 +461,16 @@ def tune(
     resume: bool = False,
     fresh: bool = False,
     base: dict | None = None,
+    out: Path = TUNE_DIR,
 ) -> dict:
     """The search. ``raw``: the params as the trials start from them (file + overrides); ``base``:
-    the params file alone, which tune/best_overrides.txt is relative to (default: ``raw``)."""
+    the params file alone, which best_overrides.txt is relative to (default: ``raw``); ``out``: the
+    results folder."""
     from pipeline.params import check_tune
     from pipeline.stages import load_prepared
 
     check_tune(params, raw)
-    storage = SearchStorage(params.tune.storage)
+    storage = SearchStorage(params.tune.storage, out)
     experiment = storage.shown
     if resume and not storage.has_search():
         raise UserError(f"{experiment}: no search to resume")
@@ -469,8 +493,19 @@ def tune(
     # handler lets the running trials checkpoint and saves the search's state (Ray's would dump a
     # C++ stack and leave the state as it was).
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    started = time.monotonic()
     results = tuner.fit()
+    wall = time.monotonic() - started
+    extra = {"scored_on": scored_on(data), "wall_s": round(wall)}
+    budget = params.tune.time_budget_min
     if results.num_terminated + results.num_errors < params.tune.trials:
-        # The results in tune/ stay those of the last finished search.
-        raise Interrupted(f"{experiment}: search interrupted, finished trials kept; `ffl tune --resume` continues it")
-    return write_results(results, params, raw, base=base)
+        if budget is None or wall < budget * 60:
+            # The results in the folder stay those of the last finished search.
+            raise Interrupted(
+                f"{experiment}: search interrupted, finished trials kept; `ffl tune --resume` continues it"
+            )
+        extra["stopped"] = (
+            f"the time budget ({budget:g} min) ran out: {len(results)} of {params.tune.trials} trials ran"
+        )
+        print(f"[tune] {extra['stopped']}; ranking those", flush=True)
+    return write_results(results, params, raw, out=out, base=base, extra=extra)

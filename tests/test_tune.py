@@ -80,6 +80,30 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
         tune(params, read_yaml("params.yaml"))
 
 
+def test_a_time_budget_ends_the_search_and_ranks_what_finished_in_its_own_folder(workdir, ray_session):
+    """tune.time_budget_min: no trial starts once it has run out, the trials that finished are
+    ranked, and the results say so, with the split they were scored on; --out keeps two searches
+    apart."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    space = {"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}}
+    write_params(workdir, search_params(trials=40, max_concurrent=1, epochs=1, space=space, time_budget_min=0.5))
+    assert ffl(workdir, "prepare").returncode == 0
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["tune", "--out", "searches/ffl"])
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 120  # 40 trials one at a time would take several minutes
+    summary = json.loads((workdir / "searches/ffl/summary.json").read_text())
+    assert summary["stopped"].startswith("the time budget (0.5 min) ran out: ") and 1 <= summary["trials"] < 40
+    assert summary["scored_on"]["split"] == "val" and summary["scored_on"]["images"] == 40  # 25% of 160
+    assert 25 <= summary["wall_s"] < 120
+    assert len(read_trials(workdir / "searches/ffl/trials.csv")) == summary["trials"]
+    assert "on the validation split" in (workdir / "searches/ffl/best_params.yaml").read_text()
+    assert (workdir / "searches/ffl/ray/search").is_dir() and not (workdir / "tune").exists()
+
+
 @pytest.mark.parametrize(
     ("resources", "message"),
     [

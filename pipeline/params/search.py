@@ -91,12 +91,15 @@ class TuneParams(_Section):
     epochs: int | None = Field(ge=1)  # a trial's length; null = train.epochs
     max_concurrent: int = Field(ge=0)  # 0 = as many as the resources allow
     max_failures: int = Field(ge=0)  # retries of a trial that crashed
+    # A search's budget in time: no trial starts after it, running ones stop, finished ones count.
+    time_budget_min: float | None = Field(gt=0)
     scheduler: SchedulerParams
     resources: ResourcesParams
     # Nested like the params it searches (method: {ffl: {temperature: {type: loguniform, ...}}}), so
     # that `-S tune.space.method.ffl.temperature.high=10` works; a mapping with a `type` is a dimension.
-    # Where Ray keeps the search: null = tune/ray here; on a cluster, a path every node reaches or a
-    # URI (s3://bucket/ffl-tune). The results for people land in tune/ either way.
+    # Where Ray keeps the search: null = <results folder>/ray here (tune/ray); on a cluster, a path
+    # every node reaches or a URI (s3://bucket/ffl-tune). The results for people land in the results
+    # folder (`ffl tune --out`, tune/) either way.
     storage: str | None
     space: dict[str, Any]
     _dims: dict[str, Dimension] = PrivateAttr(default_factory=dict)
