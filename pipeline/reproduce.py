@@ -464,7 +464,7 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
     r = params.reproduce
     have_gpus = ray.cluster_resources().get("GPU", 0) > 0
     pending = {}
-    for group in task_groups(todo, r, have_gpus):
+    for group in longest_first(task_groups(todo, r, have_gpus)):
         # A run of train.processes DDP processes (the ImageNet rows) holds that many GPUs on one node;
         # a row's stacked seeds share one.
         n = group[0].params.train.processes
@@ -520,6 +520,22 @@ def task_groups(runs: list[Run], reproduce: ReproduceParams, have_gpus: bool) ->
         key = f"{run.table}/{run.row}" if stacks(run.params, reproduce, have_gpus) else run.name
         groups.setdefault(key, []).append(run)
     return list(groups.values())
+
+
+def longest_first(groups: list[list[Run]]) -> list[list[Run]]:
+    """The tasks in order of their work (epochs x images x forward FLOPs x views), longest first:
+    Ray starts them in that order, so the last ones to run are short and no worker idles long
+    beside a long run at the end."""
+    cost: dict[tuple[str, str], float] = {}
+
+    def work(group: list[Run]) -> float:
+        p = group[0].params
+        if (group[0].table, group[0].row) not in cost:
+            views = p.method_class.train_views(len(p.archs()), p.settings())
+            cost[group[0].table, group[0].row] = flops_per_image(p) * views * p.train.epochs
+        return cost[group[0].table, group[0].row] * (train_images(p) or 0) * len(group)
+
+    return sorted(groups, key=work, reverse=True)
 
 
 def failure_reason(e: Exception) -> str:
