@@ -195,7 +195,7 @@ def timed_separate(method_name, archs, k, batch_size, device, steps, precision, 
     cls = method_class(method_name)
     for i, data in enumerate(loaders(k, steps, batch_size, device)):
         torch.manual_seed(i)
-        cfg = TrainConfig(epochs=10, precision=precision, cuda_graph=device.type == "cuda", compile=compile)
+        cfg = TrainConfig(epochs=10, milestones=[], precision=precision, cuda_graph=device.type == "cuda", compile=compile)
         t = Trainer(cls(archs, 100), data, cfg)
         t.train_loader = loaders(1, 5, batch_size, device)[0]
         t.train_epoch(100)  # warm-up and capture
@@ -216,7 +216,7 @@ def timed_engine(method_name, archs, k, batch_size, device, steps, precision, co
     for i in range(k):
         torch.manual_seed(i)
         methods.append(cls(archs, 100))
-    cfg = TrainConfig(epochs=10, precision=precision, cuda_graph=device.type == "cuda", compile=compile)
+    cfg = TrainConfig(epochs=10, milestones=[], precision=precision, cuda_graph=device.type == "cuda", compile=compile)
     trainer = StackedTrainer(StackedRuns(methods), StackedBatches(loaders(k, 5, batch_size, device)), cfg)
     trainer.train_epoch(100)  # warm-up, capture, compilation
     trainer.train_loader = StackedBatches(loaders(k, steps, batch_size, device))

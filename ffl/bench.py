@@ -162,7 +162,9 @@ def project(
     mode = step_mode(
         cls, model.settings, device.type, resolved, compile or "off", "auto" if cuda_graph is None else cuda_graph
     )
-    config = TrainConfig(epochs=10, precision=precision, compile=mode.compile, cuda_graph=bool(mode.cuda_graph))
+    config = TrainConfig(
+        epochs=10, milestones=[], precision=precision, compile=mode.compile, cuda_graph=bool(mode.cuda_graph)
+    )
     trainer = Trainer(model, loader, config)
     # Warm-up: one short epoch (compilation, cuDNN autotuning, allocator), timed for the compile cost.
     trainer.train_loader = batches(max(warmup, 1), seed=1)

@@ -11,6 +11,7 @@ sub-network and the fusion module.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,12 +71,19 @@ def export(
     out: str | Path,
     classifiers: Iterable[str],
     formats: Iterable[str] = FORMATS,
+    model_id: str | None = None,
+    keep: str | Path | None = None,
 ) -> list[Path]:
-    """Writes ``<out>/<classifier>.<format>`` for each, and ``<out>/model.json`` describing them."""
+    """Writes ``<out>/<classifier>.<format>`` for each, and ``<out>/model.json`` describing them.
+
+    ``model_id`` (the model file's sha256) is recorded in model.json. ``keep``: an earlier export
+    folder; its other files come along when it is an export of the same model (one classifier
+    exported again does not drop the rest), never when it is another model's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     method = method.cpu().eval()
-    example = torch.rand(2, 3, spec.size, spec.size)
+    # A fixed example: torch.export saves it in the file (sample_inputs), which must not change between runs.
+    example = torch.linspace(0, 1, 2 * 3 * spec.size * spec.size).reshape(2, 3, spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1)
     written = []
     for name in classifiers:
@@ -90,15 +98,37 @@ def export(
             else:
                 raise ValueError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
             written.append(path)
+    files = {p.name: p.stem for p in written}
+    kept = same_model_files(keep, model_id) if keep is not None else {}
+    for name, classifier in kept.items():
+        if name not in files:
+            shutil.copy2(Path(keep) / name, out / name)
+            files[name] = classifier
     manifest = {
         "method": method.name,
+        "model_sha256": model_id,
         "classes": list(classes),
         "input": asdict(spec) | {"layout": "NCHW, RGB, float in [0, 1]; normalised inside the model"},
         "output": "logits (softmax gives the class probabilities)",
-        "files": {p.name: p.stem for p in written},
+        "files": dict(sorted(files.items())),
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return written
+
+
+def same_model_files(folder: str | Path, model_id: str | None) -> dict[str, str]:
+    """``{file: classifier}`` of an earlier export in ``folder`` made from the model ``model_id``;
+    empty when it is another model's (or unreadable, or the model is unknown)."""
+    try:
+        previous = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if model_id is None or not isinstance(previous, dict) or previous.get("model_sha256") != model_id:
+        return {}
+    files = previous.get("files")
+    if not isinstance(files, dict):
+        return {}
+    return {n: c for n, c in files.items() if isinstance(n, str) and "/" not in n and (Path(folder) / n).is_file()}
 
 
 def _export_onnx(module, example, batch, path: Path, classes) -> None:
@@ -118,6 +148,11 @@ def _export_onnx(module, example, batch, path: Path, classes) -> None:
             verbose=False,
         )
     program.model.metadata_props["classes"] = json.dumps(list(classes))
+    # Each node records the Python stack it was traced from, with a counter that moves on every
+    # trace in the process (<eval_with_key>.N): dropped, so that the same model gives the same file.
+    for graph in (program.model.graph, *program.model.functions.values()):
+        for node in graph:
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
     program.save(path)
 
 
@@ -145,6 +180,8 @@ def load_images(paths: Sequence[Path], spec: InputSpec) -> tuple[torch.Tensor, l
     images, kept, failed = [], [], []
     for path in paths:
         try:
+            if not Path(path).exists():
+                raise OSError(f"{path} does not exist")
             if not Path(path).is_file():  # a pipe or a device would block, a folder is no image
                 raise OSError(f"{path} is not a regular file")
             with Image.open(path) as img:

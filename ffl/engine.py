@@ -9,6 +9,7 @@ on the held-out split; a checkpoint written atomically; then the callbacks.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -257,6 +258,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, multistep_factor(config.milestones, config.gamma)
         )
+        late = [m for m in config.milestones if m >= config.epochs]
+        if late:
+            # The paper's [150, 225] with a short run: the lr would never drop. Said, not refused.
+            warnings.warn(
+                f"TrainConfig.milestones {late} lie at or beyond the last epoch ({config.epochs} epochs): the lr never "
+                "drops there; milestones are epoch numbers",
+                stacklevel=2,
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         check_step(config, method, self.device, self.precision, self.ranks.world)
         # Forward, loss and the step's statistics compile as one function: with CUDA graphs

@@ -129,7 +129,7 @@ def _params(params: Path, overrides: list[str] | None):
 @app.command()
 @stage
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
-    """Write the dataset as compact uint8 arrays (data/prepared)."""
+    """Prepare the dataset in data/prepared: uint8 arrays (shapes, CIFAR) or an index of the image files (ImageNet, image folders)."""
     from pipeline.stages import prepare as run
 
     p = _params(params, set_)

@@ -502,10 +502,10 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
             "the same command continues with those"
         ) from None
     if summary["failed"]:
+        failed = list(summary["failed"])
         raise TrainingFailed(
-            f"{len(summary['failed'])} of {len(todo)} runs failed "
-            f"({'; '.join(f'{k}: {v}' for k, v in summary['failed'].items())[:400]}); "
-            f"{len(summary['done'])} recorded; the same command runs the failed ones again"
+            f"{len(failed)} of {len(todo)} runs failed ({', '.join(failed[:6])}{' ...' if len(failed) > 6 else ''}: "
+            f"their reasons above); {len(summary['done'])} recorded; the same command runs the failed ones again"
         )
     return summary
 
@@ -539,12 +539,38 @@ def longest_first(groups: list[list[Run]]) -> list[list[Run]]:
 
 
 def failure_reason(e: Exception) -> str:
+    """The run's own reason, whole (its last line holds what to do)."""
     cause = getattr(e, "cause", None) or e
     text = str(cause).strip()
-    return (text.splitlines()[-1] if text else type(cause).__name__)[:200]
+    return text.splitlines()[-1] if text else type(cause).__name__
+
+
+def missing_data(params: Params, root: Path) -> str | None:
+    """Why the run's dataset is not at ``root`` (a quick look, no checksums), or None."""
+    d = params.data
+    if d.source == "shapes":
+        return None
+    if d.source in TRAIN_IMAGES and d.source != "imagenet":
+        from ffl.data import DatasetNotFound
+        from ffl.data.cifar import find_form
+
+        try:
+            find_form(d.source, root)
+        except DatasetNotFound as e:
+            return str(e)
+        return None
+    return None if root.is_dir() else f"{d.source}: data.root {root} is not a folder"
 
 
 def dry_run(runs: list[Run], echo=print) -> dict:
+    roots = {(r.params.data.source, r.params.data.root) for r in runs}
+    missing = {}
+    for source, root in sorted(roots):
+        params = next(r.params for r in runs if (r.params.data.source, r.params.data.root) == (source, root))
+        if (why := missing_data(params, Path(root))) is not None:
+            missing[f"{source} at {root}"] = why
+    for where, why in missing.items():
+        echo(f"data missing ({where}): {why}")
     hours, measured = estimate_hours(runs)
     done = recorded() if Path(".dvc").is_dir() else set()
     for run in runs:
@@ -557,4 +583,8 @@ def dry_run(runs: list[Run], echo=print) -> dict:
         f"each method's step measured by ffl bench on an {measured.gpu} ({measured.date}, {THROUGHPUT}) without "
         "torch.compile or stacked seeds (docs/benchmarks.md: both shorten it), evaluation not included"
     )
-    return {"runs": [r.name for r in runs], "gpu_hours": {k: v and v.hours for k, v in hours.items()}}
+    return {
+        "runs": [r.name for r in runs],
+        "gpu_hours": {k: v and v.hours for k, v in hours.items()},
+        "missing_data": missing,
+    }

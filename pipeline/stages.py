@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -34,6 +35,7 @@ from ffl.data import (
     split_loader,
 )
 from ffl.data.arrays import check_meta
+from ffl.data.file_loader import default_workers
 from ffl.deploy import FORMATS, IMAGE_SUFFIXES, MANIFEST, Deployable, InputSpec, image_files, load_images
 from ffl.deploy import export as deploy_export
 from ffl.deploy import predict as deploy_predict
@@ -123,15 +125,22 @@ def load_prepared(params: Params, directory: Path = paths.PREPARED) -> Dataset:
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{directory}: prepared dataset is unreadable ({e}); run `ffl prepare` again") from None
-    check_provenance(str(directory), prepared_provenance(directory), params, "run `ffl prepare` (`dvc repro` runs it)")
+        raise UserError(
+            f"{directory}: prepared dataset is unreadable ({e}); run `{params.command('prepare')}` again"
+        ) from None
+    check_provenance(
+        str(directory),
+        prepared_provenance(directory),
+        params,
+        f"run `{params.command('prepare')}` (`dvc repro` runs it)",
+    )
     if isinstance(data, FileDataset):
         # The index holds paths, not pixels: found out here, not in a DataLoader worker mid-epoch.
         first = Path(data.root) / str(data.splits["train"].paths[0])
         if not first.is_file():
             raise UserError(
                 f"{directory}: indexes images under {data.root}, but {first} is not there "
-                f"(moved? set data.root and run `ffl prepare` again)"
+                f"(moved? set data.root and run `{params.command('prepare')}` again)"
             )
     return data
 
@@ -194,7 +203,7 @@ def loader(
         seed=params.seed,
         channels_last=params.train.channels_last,
         augment=Augment(a.pad, a.pad_mode, a.flip),
-        files=FileSettings(f.image_size, f.resize, f.workers),
+        files=FileSettings(f.image_size, f.resize, default_workers() if f.workers == "auto" else f.workers),
         ranks=ranks,
         views=views,
     )
@@ -380,13 +389,15 @@ def evaluate(
     except CheckpointError as e:
         raise UserError(str(e)) from None
     data = load_prepared(params)
-    check_provenance(str(paths.MODEL), info.get("provenance"), params, "run `ffl train` (`dvc repro` runs it)")
+    check_provenance(
+        str(paths.MODEL), info.get("provenance"), params, f"run `{params.command('train')}` (`dvc repro` runs it)"
+    )
     check_same_model(method, params, data.num_classes)
     trained_on = (info.get("input") or {}).get("size")
     if isinstance(data, ArrayDataset) and trained_on and data.splits["test"].images.shape[-1] != trained_on:
         raise UserError(
             f"{paths.PREPARED}: test images of {data.splits['test'].images.shape[-1]} px, but the model was trained "
-            f"on {trained_on} px; run `ffl prepare` again"
+            f"on {trained_on} px; run `{params.command('prepare')}` again"
         )
     test = loader(params, data, "test", device)
     method.to(device)
@@ -446,7 +457,8 @@ def check_same_model(method, params: Params, num_classes: int) -> None:
     if differ:
         then = ", ".join(f"{names[k]}={saved.get(k)}" for k in differ[:2])
         raise UserError(
-            f"{paths.MODEL}: trained with {then}, which the params do not say; run `ffl train` (`dvc repro` runs it)"
+            f"{paths.MODEL}: trained with {then}, which the params do not say; run `{params.command('train')}` "
+            "(`dvc repro` runs it)"
         )
 
 
@@ -525,11 +537,18 @@ def export(
         raise UserError(f"--format: {unknown[0]!r}; expected one of {', '.join(FORMATS)}")
     check_export_folder(out)
     ensure_writable(out.parent)
-    # Written beside, then swapped in: a failed export leaves the previous files whole.
+    model_id = hashlib.sha256(model.read_bytes()).hexdigest()
+    # Written beside, then swapped in: a failed export leaves the previous files whole. An earlier
+    # export of the same model keeps its other files; another model's is replaced whole.
     staging = out.with_name(f".{out.name}.new-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    earlier = out if out.is_dir() else None
     try:
-        files = deploy_export(method, spec, classes, staging, names, formats or FORMATS)
+        files = deploy_export(method, spec, classes, staging, names, formats or FORMATS, model_id, earlier)
+        dropped = sorted(p.name for p in out.iterdir() if not (staging / p.name).exists()) if earlier else []
+        if dropped:
+            print(f"{out}: its earlier files ({', '.join(dropped[:3])}{' ...' if len(dropped) > 3 else ''}) were "
+                  f"exported from another model; replaced by this model's")  # fmt: skip
         replace_directory(staging, out)
     except OSError as e:
         raise UserError(f"--out: cannot write {out} ({e.strerror or e})") from None

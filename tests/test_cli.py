@@ -215,8 +215,13 @@ def test_training_refuses_prepared_data_of_other_params(workdir, change, named):
     before = snapshot(workdir)
     result = ffl("train", *change)
     assert result.exit_code == 2
-    assert result.output.startswith(f"error: data/prepared: made with {named}; run `ffl prepare`")
+    # The hint repeats the -S given: a plain `ffl prepare` would prepare the default params again.
+    hint = f"run `ffl prepare {' '.join(change)}` (`dvc repro` runs it)"
+    assert result.output.strip() == f"error: data/prepared: made with {named}; {hint}"
     assert snapshot(workdir) == before
+    (workdir / "other.yaml").write_text((workdir / "params.yaml").read_text())
+    result = ffl("train", "-p", "other.yaml", *change)
+    assert f"run `ffl prepare -p other.yaml {' '.join(change)}`" in result.output
 
 
 def test_evaluation_refuses_a_model_of_other_data(workdir):

@@ -84,6 +84,35 @@ def test_exported_files_compute_what_the_trained_model_computes(workdir):
     assert sum(p.numel() for p in method.parameters()) > 2 * weights - sum(p.numel() for p in own[0].parameters())
 
 
+def test_the_same_model_exports_the_same_bytes(workdir):
+    """`dvc repro` twice leaves dvc.lock as it was: every exported file is a function of the model."""
+    assert ffl("export", "--out", "once")[0] == 0
+    assert ffl("export", "--out", "twice")[0] == 0
+    once = {p.name: p.read_bytes() for p in (workdir / "once").iterdir()}
+    assert once == {p.name: p.read_bytes() for p in (workdir / "twice").iterdir()}
+    assert {n.rsplit(".", 1)[-1] for n in once} == {"pt2", "onnx", "json"}
+
+
+def test_exporting_one_classifier_again_keeps_the_others(workdir):
+    assert ffl("export", "--out", "both")[0] == 0
+    before = {p.name: p.read_bytes() for p in (workdir / "both").iterdir()}
+    code, out = ffl("export", "--out", "both", "--classifier", "sub0", "--format", "onnx")
+    assert code == 0 and "another model" not in out, out
+    assert {p.name: p.read_bytes() for p in (workdir / "both").iterdir()} == before  # the same model: the same files
+    manifest = json.loads((workdir / "both/model.json").read_text())
+    assert set(manifest["files"]) == {f"{c}.{f}" for c in ("sub0", "sub1", "fused") for f in ("pt2", "onnx")}
+
+
+def test_an_export_of_another_model_is_replaced_and_said_so(workdir):
+    assert ffl("export", "--out", "other", "--classifier", "sub1")[0] == 0
+    manifest = json.loads((workdir / "other/model.json").read_text())
+    manifest["model_sha256"] = "0" * 64  # as if exported from an earlier model
+    (workdir / "other/model.json").write_text(json.dumps(manifest))
+    code, out = ffl("export", "--out", "other", "--classifier", "sub0", "--format", "pt2")
+    assert code == 0 and "were exported from another model; replaced by this model's" in out
+    assert sorted(p.name for p in (workdir / "other").iterdir()) == ["model.json", "sub0.pt2"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -130,6 +159,7 @@ def test_predict_with_nothing_readable_is_an_error(workdir, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     code, out = ffl("predict", str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg"))
     assert code == 2 and out.splitlines()[-1] == "error: none of the 2 files could be read"
+    assert f"{tmp_path / 'missing.jpg'} does not exist" in out  # not "not a regular file"
     code, out = ffl("predict", str(tmp_path / "empty_dir_missing"))
     assert code == 2
 

@@ -145,7 +145,7 @@ def test_ffl_trains_imagenet_resnets_on_the_imagenet_archives(imagenet_root):
     files = FileSettings(image_size=64, resize=72, workers=0)
     method = FFL(["resnet18", "resnet18"], num_classes=data.num_classes)  # branches share conv1..layer3
     train = split_loader(data, "train", 4, "cpu", train=True, files=files)
-    history = Trainer(method, train, TrainConfig(epochs=1)).fit()
+    history = Trainer(method, train, TrainConfig(epochs=1, milestones=[])).fit()
     assert np.isfinite(history[-1]["train/loss/total"])
     errors = evaluate(method, split_loader(data, "test", 4, "cpu", files=files))
     assert set(errors) == {"sub0", "sub1", "ensemble", "fused"}

@@ -317,6 +317,16 @@ def test_a_captured_step_is_refused_where_it_cannot_replay_exactly():
         Trainer(DML([TINY, TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(compile="default"))
 
 
+def test_milestones_beyond_the_run_are_said():
+    """The library's TrainConfig keeps the paper's [150, 225]: a short run given them never drops its lr."""
+    from ffl.data import DeviceLoader, Split
+    from ffl.engine import TrainConfig, Trainer
+
+    split = Split(np.zeros((5, 3, 32, 32), np.uint8), np.zeros(5, int))
+    with pytest.warns(UserWarning, match=r"milestones \[150, 225\] lie at or beyond the last epoch \(20 epochs\)"):
+        Trainer(Vanilla([TINY], 3), DeviceLoader(split, 5, (0,) * 3, (1,) * 3), TrainConfig(epochs=20))
+
+
 def test_the_step_graph_warm_up_leaves_no_trace(images, targets):
     """What a captured step replays from must be the state before its warm-up steps (checked on the
     CPU, where CI runs; the capture itself is tested on a GPU in test_cuda.py)."""

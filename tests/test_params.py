@@ -33,9 +33,10 @@ def test_overrides_use_dvc_exp_run_syntax():
 @pytest.mark.parametrize(
     ("overrides", "key", "reason"),
     [
-        (["train.lrr=0.1"], "train.lrr", "unknown key"),
+        (["train.lrr=0.1"], "train.lrr", "unknown key; did you mean train.lr?"),
         (["bogus=1"], "bogus", "unknown key"),
-        (["method.ffl.ekd.wieght=1"], "method.ffl.ekd.wieght", "unknown key"),
+        (["method.ffl.ekd.wieght=1"], "method.ffl.ekd.wieght", "unknown key; did you mean method.ffl.ekd.weight?"),
+        (["trian.epochs=3"], "trian", "unknown key; did you mean train?"),
         (["method.temperature=2"], "method.temperature", "moved to method.ffl.temperature"),
         (["method.name=dml", "method.temperature=2"], "method.temperature", "moved to method.dml.temperature"),
         (["fusion.width=8"], "fusion", "moved to method.ffl.fusion"),
@@ -227,3 +228,20 @@ def test_a_one_epoch_run_trains_at_the_configured_lr():
     data = make_shapes(16, 6, 0.25)
     (metrics,) = build_trainer(p, data, torch.device("cpu")).fit()
     assert metrics["lr"] == 0.05
+
+
+def test_decoding_workers_auto_fit_the_cores(monkeypatch):
+    """data.files.workers: auto (the default): as many as the cores this process may use, up to 8,
+    so a 2-core machine starts 2 (PyTorch warns at more); a number is taken as it is."""
+    import os
+
+    from ffl.data.file_loader import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert default_workers() == 8
+    assert validate(tiny_params()).data.files.workers == "auto"
+    assert validate(apply_overrides(tiny_params(), ["data.files.workers=0"])).data.files.workers == 0
+    with pytest.raises(ParamsError, match=r"data\.files\.workers: expected auto or a whole number of workers"):
+        validate(apply_overrides(tiny_params(), ["data.files.workers=-2"]))

@@ -75,6 +75,17 @@ def test_a_dry_run_takes_each_methods_measured_step_and_scales_the_rest(monkeypa
     assert "from each method's step measured by ffl bench on an NVIDIA H200" in result.output
 
 
+def test_a_dry_run_says_when_a_tables_data_is_not_there(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["reproduce", "cifar10-ffl", "--dry-run", "--seeds", "0", "-S", "data.root=nowhere"])
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("data missing (cifar10 at nowhere): cifar10 not found under nowhere: expected ")
+    assert "cifar-10-batches-py/" in first and "cifar-10-batches-bin/" in first
+    shapes = runner.invoke(app, ["reproduce", "cifar100-ablation", "--dry-run", "--seeds", "0", *SET_TINY])
+    assert "data missing" not in shapes.output
+
+
 def test_unknown_tables_and_rows_are_named(monkeypatch):
     monkeypatch.chdir(ROOT)
     code = runner.invoke(app, ["reproduce", "cifar1000", "--dry-run"])
@@ -184,7 +195,10 @@ def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch,
     code, out = ffl(repo, monkeypatch, *args, *SET_TINY)
     assert code == 1, out
     assert "t-diverges-s0: failed:" in out and "became non-finite" in out
-    assert "1 of 2 runs failed" in out and "t-C-s0: recorded as a DVC experiment" in out
+    assert "1 of 2 runs failed (t-diverges-s0: their reasons above)" in out
+    assert "t-C-s0: recorded as a DVC experiment" in out
+    # the reason whole, to its last words (it used to be cut at 200 characters, mid-word)
+    assert "the last good checkpoint is kept" in next(x for x in out.splitlines() if x.startswith("t-diverges-s0"))
     assert "t-C-s0" in experiments(repo) and "t-diverges-s0" not in experiments(repo)
 
 

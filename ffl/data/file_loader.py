@@ -13,6 +13,7 @@ the same images as one that never stopped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ class FileSettings:
 
     image_size: int = 224  # training: random-resized crop to this; evaluation: centre crop
     resize: int = 256  # evaluation: the shorter side is resized to this before the crop
-    workers: int = 8  # DataLoader worker processes
+    workers: int = 8  # DataLoader worker processes (default_workers: as many as there are cores, up to 8)
 
     def __post_init__(self):
         if self.resize < self.image_size:
@@ -124,3 +125,13 @@ class FileLoader(Batches):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
+
+
+def default_workers(most: int = 8) -> int:
+    """Decoding workers for this machine: the cores this process may use, at most ``most`` (more
+    workers than cores only make PyTorch warn and the processes take turns)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(most, cores))

@@ -147,6 +147,26 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+def did_you_mean(loc: tuple) -> str:
+    """``; did you mean a.b.c?`` for an unknown key close to one its section has, else ``""``."""
+    import difflib
+    import typing
+
+    from pydantic import BaseModel
+
+    section: type = Params
+    for part in loc[:-1]:
+        field = getattr(section, "model_fields", {}).get(str(part))
+        if field is None:
+            return ""
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if section is None:
+            return ""
+    match = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?" if match else ""
+
+
 def validate(raw: dict) -> Params:
     _check_moved(raw)
     try:
@@ -155,7 +175,7 @@ def validate(raw: dict) -> Params:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(err["loc"])
         elif err["type"] == "missing":
             msg = MISSING
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
@@ -165,4 +185,6 @@ def validate(raw: dict) -> Params:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
-    return validate(apply_overrides(read_yaml(path), list(overrides)))
+    params = validate(apply_overrides(read_yaml(path), list(overrides)))
+    params._origin = (str(path), tuple(overrides))
+    return params

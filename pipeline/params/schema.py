@@ -13,7 +13,16 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    create_model,
+    field_validator,
+)
 
 from ffl.methods import METHODS, MethodConfigError
 from ffl.methods import settings as method_settings
@@ -46,12 +55,22 @@ class AugmentParams(Section):
     flip: bool
 
 
+def _auto_or_workers(v):
+    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ValueError(f"expected auto or a whole number of workers (0: decode in the training process), got {v!r}")
+    return v
+
+
+AutoWorkers = Annotated[Literal["auto"] | int, BeforeValidator(_auto_or_workers)]
+
+
 class FilesParams(Section):
     """Datasets read from image files (imagenet, imagefolder): decoding and the standard ImageNet crops."""
 
     image_size: int = Field(ge=8)
     resize: int = Field(ge=8)
-    workers: int = Field(ge=0)
+    # auto: the cores this process may use, at most 8 (ffl.data.file_loader.default_workers)
+    workers: AutoWorkers
 
     @field_validator("resize")
     @classmethod
@@ -127,7 +146,7 @@ AutoCount = Annotated[Literal["auto"] | int, BeforeValidator(_auto_or_count)]
 
 class ModelParams(Section):
     arch: Arch  # every sub-network's architecture
-    subnets: AutoCount  # how many; auto = the method's own (ONE 3, vanilla 1, others 2)
+    subnets: AutoCount  # how many; auto = the method's own default (docs/methods.md)
     archs: list[Arch] | None = Field(min_length=1, max_length=MAX_SUBNETS)  # one per sub-network, for different archs
     # auto: the method's own setting (FFL: shared when the archs are equal; ONE: shared; others: not).
     shared: AutoBool
@@ -236,6 +255,17 @@ class Params(Section):
     evaluate: EvaluateParams
     tune: TuneParams
     reproduce: ReproduceParams
+    # Where these params came from (the file and the -S given), for hints that name a command.
+    _origin: tuple[str, tuple[str, ...]] | None = PrivateAttr(default=None)
+
+    def command(self, name: str) -> str:
+        """`ffl <name>` as the user would type it for these same params (their -p and -S)."""
+        import shlex
+
+        path, overrides = self._origin or ("params.yaml", ())
+        args = ["ffl", name] + (["-p", path] if path != "params.yaml" else [])
+        args += [a for o in overrides for a in ("-S", o)]
+        return shlex.join(args)
 
     @property
     def method_class(self):
