@@ -195,7 +195,9 @@ def timed_separate(method_name, archs, k, batch_size, device, steps, precision, 
     cls = method_class(method_name)
     for i, data in enumerate(loaders(k, steps, batch_size, device)):
         torch.manual_seed(i)
-        cfg = TrainConfig(epochs=10, milestones=[], precision=precision, cuda_graph=device.type == "cuda", compile=compile)
+        cfg = TrainConfig(
+            epochs=10, milestones=[], precision=precision, cuda_graph=device.type == "cuda", compile=compile
+        )
         t = Trainer(cls(archs, 100), data, cfg)
         t.train_loader = loaders(1, 5, batch_size, device)[0]
         t.train_epoch(100)  # warm-up and capture

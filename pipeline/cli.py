@@ -129,7 +129,8 @@ def _params(params: Path, overrides: list[str] | None):
 @app.command()
 @stage
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
-    """Prepare the dataset in data/prepared: uint8 arrays (shapes, CIFAR) or an index of the image files (ImageNet, image folders)."""
+    """Prepare the dataset in data/prepared: uint8 arrays (shapes, CIFAR), or an index of the image
+    files (ImageNet, image folders)."""
     from pipeline.stages import prepare as run
 
     p = _params(params, set_)
@@ -301,23 +302,40 @@ def report(
 @app.command()
 @stage
 def methods(
-    write: Annotated[Path | None, typer.Option(help="write the Markdown page here (docs/methods.md)")] = None,
+    name: Annotated[str | None, typer.Argument(help="one method: its settings, sources and differences")] = None,
+    write: Annotated[Path | None, typer.Option(help="write the whole Markdown page here (docs/methods.md)")] = None,
 ):
-    """Every method, its settings (defaults, bounds, sources) and known differences from its original."""
+    """The methods: one line each, or one method in full (its settings with defaults, bounds and
+    sources, and its known differences from its original); --write makes docs/methods.md."""
     from ffl.checkpoint import atomic_write_text
-    from pipeline.methods_doc import render
+    from ffl.methods import METHODS
+    from pipeline.methods_doc import render, summary_rows, terminal_view
 
-    text = render()
-    if write is None:
-        typer.echo(text, nl=False)
-    else:
+    if write is not None:
+        if name is not None:
+            raise UserError("--write: the page holds every method; give no name with it")
         if write.exists() and not write.is_file():  # a device, a pipe, a folder: never replaced
             raise UserError(f"--write: {write} is not a regular file")
         try:
-            atomic_write_text(write, text)
+            atomic_write_text(write, render())
         except OSError as e:
             raise UserError(f"--write: cannot write {write} ({e.strerror})") from None
         typer.echo(f"wrote {write}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=min(Console().width, 120))
+    if name is None:
+        table = Table("method", "class", "sub-networks", "layers", "deployed", "seeds stack", box=None)
+        for row in summary_rows():
+            table.add_row(*row)
+        console.print(table)
+        console.print("`ffl methods <name>`: one method in full; docs/methods.md: the page.")
+        return
+    if name not in METHODS:
+        raise UserError(f"no method {name!r}; the methods are {', '.join(METHODS)}")
+    terminal_view(name, METHODS[name], console)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

@@ -73,54 +73,95 @@ def stacking(cls) -> str:
 
 
 def render() -> str:
+    """docs/methods.md: the introduction and every method's section."""
     out = [INTRO]
     for name, cls in METHODS.items():
-        low, high = cls.subnets
-        count = f"{low} or more" if high is None else (str(low) if low == high else f"{low} to {high}")
-        sharing = SHARING[cls.sharing]
-        if not cls.static_step:
-            step = "decided in Python per step (eager)"
-        elif cls.step_phase is not Method.step_phase:
-            step = "static within each phase (the whole-step CUDA graph captures one graph per phase)"
-        else:
-            step = "static (the whole-step CUDA graph can replay it)"
-        out += [
-            f"## `{name}`: {cls.__name__}\n",
-            f"{cls.reference}.\n",
-            f"- sub-networks: {count}, {cls.default_subnets} by default (`model.subnets: auto`); {sharing}",
-            f"- reports: {', '.join(cls.outputs(cls.default_subnets, cls.Settings()))}; deployed: "
-            f"{cls.deployed(cls.default_subnets, cls.Settings())}",
-            *(
-                [f"- training batches: {views} independently augmented views (one per sub-network)"]
-                if (views := cls.train_views(cls.default_subnets, cls.Settings())) > 1
-                else []
-            ),
-            f"- step: {step}",
-            f"- a row's seeds as one model (`reproduce.stack_seeds`): {stacking(cls)}\n",
-        ]
-        rows = method_settings.rows(cls.Settings)
-        if rows:
-            out += [
-                "| setting | default | type | bounds | what | source of the default |",
-                "|---|---|---|---|---|---|",
-            ]
-            for r in rows:
-                cells = [
-                    f"`method.{name}.{r['key']}`",
-                    _value(r["default"]),
-                    _type(r["type"]),
-                    _bounds(r),
-                    r["doc"],
-                    r["source"],
-                ]
-                out.append(
-                    "| " + " | ".join(c.replace("|", "\\|") if i not in (2,) else c for i, c in enumerate(cells)) + " |"
-                )
-            out.append("")
-        else:
-            out.append("No settings of its own.\n")
-        if cls.differences:
-            out.append("Known differences from the original:\n")
-            out += [f"- {d}" for d in cls.differences]
-            out.append("")
+        out += method_section(name, cls)
     return "\n".join(out).rstrip() + "\n"
+
+
+def summary_rows() -> list[list[str]]:
+    """One short row per method for a terminal: name, sub-networks, sharing, deployed, stacks."""
+    rows = []
+    for name, cls in METHODS.items():
+        low, high = cls.subnets
+        count = f"{cls.default_subnets} ({low}+)" if high is None else f"{cls.default_subnets} ({low}-{high})"
+        sharing = {"shared": "shared", "independent": "independent", "either": "either"}[cls.sharing]
+        deployed = cls.deployed(cls.default_subnets, cls.Settings())
+        stacks = "yes" if stacking(cls).startswith("yes") else "no"
+        rows.append([name, cls.__name__, count, sharing, deployed, stacks])
+    return rows
+
+
+def terminal_view(name: str, cls, console) -> None:
+    """One method for a terminal, from the same declarations as the page: what it is, its settings
+    (the key in full, never cut), their sources, its differences from its original."""
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    section = method_section(name, cls)
+    head = [line for line in section if not line.startswith("|")]
+    cut = next((i for i, line in enumerate(head) if line.startswith(("Known differences", "No settings"))), len(head))
+    console.print(Markdown("\n".join(head[:cut])))
+    rows = method_settings.rows(cls.Settings)
+    if rows:
+        table = Table("setting", "default", "bounds", "what", "source of the default", box=None, padding=(0, 1))
+        table.columns[0].no_wrap = True
+        for r in rows:
+            table.add_row(f"method.{name}.{r['key']}", _value(r["default"]), _bounds(r), r["doc"], r["source"])
+        console.print(table)
+    console.print(Markdown("\n".join(head[cut:])))
+
+
+def method_section(name: str, cls) -> list[str]:
+    """One method's section of the page, in Markdown."""
+    out: list[str] = []
+    low, high = cls.subnets
+    count = f"{low} or more" if high is None else (str(low) if low == high else f"{low} to {high}")
+    sharing = SHARING[cls.sharing]
+    if not cls.static_step:
+        step = "decided in Python per step (eager)"
+    elif cls.step_phase is not Method.step_phase:
+        step = "static within each phase (the whole-step CUDA graph captures one graph per phase)"
+    else:
+        step = "static (the whole-step CUDA graph can replay it)"
+    out += [
+        f"## `{name}`: {cls.__name__}\n",
+        f"{cls.reference}.\n",
+        f"- sub-networks: {count}, {cls.default_subnets} by default (`model.subnets: auto`); {sharing}",
+        f"- reports: {', '.join(cls.outputs(cls.default_subnets, cls.Settings()))}; deployed: "
+        f"{cls.deployed(cls.default_subnets, cls.Settings())}",
+        *(
+            [f"- training batches: {views} independently augmented views (one per sub-network)"]
+            if (views := cls.train_views(cls.default_subnets, cls.Settings())) > 1
+            else []
+        ),
+        f"- step: {step}",
+        f"- a row's seeds as one model (`reproduce.stack_seeds`): {stacking(cls)}\n",
+    ]
+    rows = method_settings.rows(cls.Settings)
+    if rows:
+        out += [
+            "| setting | default | type | bounds | what | source of the default |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            cells = [
+                f"`method.{name}.{r['key']}`",
+                _value(r["default"]),
+                _type(r["type"]),
+                _bounds(r),
+                r["doc"],
+                r["source"],
+            ]
+            out.append(
+                "| " + " | ".join(c.replace("|", "\\|") if i not in (2,) else c for i, c in enumerate(cells)) + " |"
+            )
+        out.append("")
+    else:
+        out.append("No settings of its own.\n")
+    if cls.differences:
+        out.append("Known differences from the original:\n")
+        out += [f"- {d}" for d in cls.differences]
+        out.append("")
+    return out

@@ -162,3 +162,22 @@ def test_importing_ffl_loads_no_dvc_ray_typer_or_pydantic():
     code = "import sys, ffl; bad = [m for m in ('dvc', 'ray', 'typer', 'dvclive') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ffl_methods_shows_every_method_in_a_line_and_one_in_full():
+    from typer.testing import CliRunner
+
+    from ffl.methods import METHODS
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    listing = runner.invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert listing.exit_code == 0
+    lines = listing.output.splitlines()
+    assert max(map(len, lines)) <= 120 and len(lines) == len(METHODS) + 2  # a header, one a method, the hint
+    assert any(line.split()[:2] == ["ffl", "FFL"] and line.split()[-2:] == ["fused", "yes"] for line in lines)
+    one = runner.invoke(app, ["methods", "okddip"], env={"COLUMNS": "100"})
+    assert one.exit_code == 0 and "method.okddip.attention_factor" in one.output  # the whole key, never cut
+    assert "Known differences from the original" in one.output and "method.ffl." not in one.output
+    wrong = runner.invoke(app, ["methods", "fll"])
+    assert wrong.exit_code == 2 and "no method 'fll'; the methods are dml, dualnet, ffl" in wrong.output
