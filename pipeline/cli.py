@@ -279,6 +279,31 @@ def reproduce(
 
 @app.command()
 @stage
+def exps(
+    all_commits: Annotated[bool, typer.Option("--all", help="every commit's experiments, not HEAD's only")] = False,
+):
+    """The DVC experiments in a view that fits 120 columns: method, networks, seed, the deployed
+    classifier's test error and the sub-networks' mean (`dvc exp show` has every column)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.report import compact_rows, experiments
+
+    rows = compact_rows(experiments(all_commits))
+    if not rows:
+        typer.echo(
+            "no experiments yet (`dvc exp run`, `ffl reproduce`)" + ("" if all_commits else "; --all: other commits'")
+        )
+        return
+    table = Table("experiment", "method", "networks", "seed", "deployed top-1 %", "sub mean %", box=None)
+    table.columns[0].overflow = "fold"
+    for row in rows:
+        table.add_row(*row)
+    Console(width=120).print(table)
+
+
+@app.command()
+@stage
 def report(
     table: Annotated[list[str], typer.Argument(help="tables of configs/tables.yaml")],
     set_: SetOpt = None,

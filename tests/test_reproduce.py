@@ -217,6 +217,13 @@ def test_a_rows_seeds_trained_as_one_model_are_recorded_as_each_run_alone(repo, 
     assert code == 0, out
     assert "cifar100-ablation-B: seeds 3, 4 trained as one model" in out
     assert {"cifar100-ablation-B-s3", "cifar100-ablation-B-s4"} <= set(experiments(repo))
+    # `ffl exps`: the runs in a view of 120 columns, the deployed classifier's error among them.
+    code, view = ffl(repo, monkeypatch, "exps")
+    assert code == 0 and max(map(len, view.splitlines())) <= 120
+    b4 = next(line.split() for line in view.splitlines() if line.split()[:1] == ["cifar100-ablation-B-s4"])
+    errors = experiments(repo)["cifar100-ablation-B-s4"]["top1_err"]
+    assert b4[1:5] == ["ffl", "resnet8+resnet8", "4", "fused"]  # B: no fusion module, fused = the ensemble
+    assert float(b4[5]) == pytest.approx(errors["fused"], abs=0.005)
     run("dvc exp apply cifar100-ablation-B-s4", repo)
     try:
         stacked = dict(load_model(Path(repo) / "models/model.pt")[0].state_dict())
