@@ -457,10 +457,9 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
     if not todo:
         return summary
     if not ray.is_initialized():
-        from pipeline.tune import check_reachable
+        from pipeline.tune import start_ray
 
-        check_reachable(address or os.environ.get("RAY_ADDRESS"))
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        start_ray(address)
     r = params.reproduce
     have_gpus = ray.cluster_resources().get("GPU", 0) > 0
     pending = {}

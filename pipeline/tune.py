@@ -341,6 +341,18 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 
+def start_ray(address: str | None) -> None:
+    """Joins the cluster at ``address`` (or starts a local Ray), quietly: Ray's start-up notes (its
+    token-authentication warning, the Tune result table and TensorBoard hint) are not for the
+    person running `ffl`; its errors still come through. One place for tune and reproduce."""
+    import logging
+
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console reporter: silent at verbose 0
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+
+
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
     """A cluster address that nothing answers on: Ray would retry for minutes; say so at once."""
     if not address or address in ("auto", "local"):
@@ -482,8 +494,7 @@ def tune(
     # Short trials checkpoint every few seconds; that is by design, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
-        check_reachable(address or os.environ.get("RAY_ADDRESS"))
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        start_ray(address)
     check_resources(params)
     check_files_reach_every_node(data)
     if not resume:  # the earlier search is discarded only now, when the new one can start

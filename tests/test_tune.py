@@ -126,6 +126,20 @@ def test_resources_no_node_has_are_refused_instead_of_waiting_forever(workdir, r
     assert (workdir / "tune/ray/search/earlier").exists()  # --fresh discards nothing before a search can start
 
 
+def test_a_search_prints_ffls_lines_not_rays(workdir):
+    """Ray's start-up notes (its token warning, Tune's table and TensorBoard hint) stay out of the
+    output; the progress lines and the summary are what a person reads."""
+    space = {"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}}
+    write_params(workdir, search_params(trials=1, epochs=1, space=space))
+    assert ffl(workdir, "prepare").returncode == 0
+    result = ffl(workdir, "tune")
+    assert result.returncode == 0, result.stderr
+    both = result.stdout + result.stderr
+    for chatter in ("Token authentication", "TensorBoard", "Configuration for experiment", "View detailed results"):
+        assert chatter not in both, both
+    assert "[tune] trial" in result.stdout and '"best_params"' in result.stdout
+
+
 def test_trials_are_scored_on_validation_not_test(workdir):
     raw = search_params()
     raw["tune"]["metric"] = "test/top1_err/fused"
