@@ -37,10 +37,15 @@ def workspace_state() -> str:
     stage = os.environ["DVC_STAGE"]
     if os.environ.get("DVC_EXP_NAME"):
         return (
-            f" [workspace: `dvc exp run` wrote its -S values into params.yaml (`git checkout params.yaml`"
-            f" restores it) and removed {stage}'s outputs (`dvc checkout` restores the committed ones)]"
+            f" [workspace: `dvc exp run` wrote its -S values into params.yaml and removed {stage}'s outputs;"
+            f" `{RESTORE}` brings back the committed ones]"
         )
-    return f" [workspace: DVC removed {stage}'s outputs before running it (`dvc checkout` restores the committed ones)]"
+    return f" [workspace: DVC removed {stage}'s outputs before running it; `{RESTORE}` brings back the committed ones]"
+
+
+# The way back from a failed stage in the workspace: the params and the outputs git keeps (curves,
+# metrics, plots: cache false), then the ones in DVC's cache (data, models).
+RESTORE = "git checkout -- params.yaml dvclive metrics plots && dvc checkout"
 
 
 def fail(message: str, code: int = 2):
