@@ -80,12 +80,14 @@ def test_the_methods_after_ffl_run_as_experiments(repo, method, deployed):
 
 
 def test_the_readme_compact_view_of_experiments(repo):
+    """The README's compact line fits 120 columns and shows what tells runs apart."""
     readme = (ROOT / "README.md").read_text()
-    line = next(x for x in readme.splitlines() if x.startswith("dvc exp show --drop"))
+    line = next(x for x in readme.splitlines() if x.startswith("ffl exps"))
     command = line.split("  #")[0].strip()
-    shown = run(f"COLUMNS=400 {command} --no-pager", repo)  # off a terminal Rich assumes 80
-    assert "test.top1_err.fused" in shown and "method.name" in shown and "dml-exp" in shown
-    assert max(len(x) for x in shown.splitlines()) < 200
+    shown = run(f"COLUMNS=300 {command}", repo)
+    assert max(len(x) for x in shown.splitlines()) <= 120
+    row = next(x.split() for x in shown.splitlines() if x.split()[:1] == ["dml-exp"])
+    assert row[1:5] == ["dml", "resnet8+resnet8", "0", "ensemble"]
 
 
 def test_a_failed_exp_run_says_what_state_the_workspace_is_in(repo):
@@ -97,9 +99,9 @@ def test_a_failed_exp_run_says_what_state_the_workspace_is_in(repo):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "error: data.root: cifar10 not found" in out
-    assert "git checkout params.yaml" in out and "dvc checkout" in out
+    assert "git checkout -- params.yaml dvclive metrics plots && dvc checkout" in out
     # ... and the way back it names works.
-    run("git checkout params.yaml && dvc checkout -q", repo)
+    run("git checkout -- params.yaml dvclive metrics plots && dvc checkout -q", repo)
     assert "up to date" in run("dvc status", repo)
 
 
