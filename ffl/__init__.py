@@ -1,13 +1,14 @@
 """Feature Fusion Learning and the online-distillation baselines, trainable in a few lines.
 
-from ffl import FFL, Trainer, TrainConfig, DeviceLoader, Augment, make_shapes
-data = make_shapes()
-method = FFL(["resnet20", "resnet20"], num_classes=data.num_classes)
-train = DeviceLoader(data.splits["train"], 128, data.mean, data.std, augment=Augment(), shuffle=True)
-Trainer(method, train, TrainConfig(epochs=10, milestones=[5, 8])).fit()
+from ffl import FFL, Trainer, TrainConfig, DeviceLoader, Augment, PrintEpochs, make_shapes
+data = make_shapes(1000, 1000)
+method = FFL(["resnet8", "resnet8"], num_classes=data.num_classes, rampup_epochs=5)
+train = DeviceLoader(data.splits["train"], 64, data.mean, data.std, augment=Augment(), shuffle=True, drop_last=True)
+Trainer(method, train, TrainConfig(epochs=30, milestones=[15, 23]), callbacks=[PrintEpochs()]).fit()
 """
 
 from ffl.artifact import load_model, save_model
+from ffl.callbacks import Callback, PrintEpochs
 from ffl.data import (
     ArrayDataset,
     Augment,
@@ -39,6 +40,7 @@ __all__ = [
     "METHODS",
     "ArrayDataset",
     "Augment",
+    "Callback",
     "DeviceLoader",
     "FileDataset",
     "FileLoader",
@@ -46,6 +48,7 @@ __all__ = [
     "FusionModule",
     "Method",
     "NonFiniteLoss",
+    "PrintEpochs",
     "TrainConfig",
     "Trainer",
     "build_method",

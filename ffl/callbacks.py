@@ -18,3 +18,20 @@ class Callback:
 
     def on_train_end(self, trainer, history: list[dict]) -> None:
         pass
+
+
+class PrintEpochs(Callback):
+    """One line per finished epoch (a library user's progress; the CLI draws a Rich bar instead):
+    the epoch, its mean training loss, every classifier's validation error, the seconds it took."""
+
+    def __init__(self, write=print):
+        self.write = write
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        errors = ", ".join(
+            f"{k.rsplit('/', 1)[-1]} {v:.2f}%" for k, v in metrics.items() if k.startswith("val/top1_err/")
+        )
+        total = trainer.config.epochs
+        loss = metrics.get("train/loss/total", float("nan"))
+        took = metrics.get("time/epoch_s", 0.0)
+        self.write(f"epoch {epoch + 1}/{total}: loss {loss:.3f}; validation error {errors or '-'} ({took:.0f} s)")

@@ -76,16 +76,19 @@ def test_docs_link_only_to_files_in_the_repository():
 
 
 @pytest.mark.slow
-def test_the_library_example_runs(tmp_path, monkeypatch):
+def test_the_library_example_runs(tmp_path, monkeypatch, capsys):
     (code,) = blocks("python")
-    short = code.replace("make_shapes()", "make_shapes(train_per_class=16, test_per_class=6)").replace(
-        "epochs=20", "epochs=1"
+    short = code.replace("make_shapes(1000, 1000)", "make_shapes(16, 6)").replace(
+        "epochs=30, milestones=[15, 23]", "epochs=2, milestones=[1]"
     )
-    assert short.count("train_per_class=16") == 1 and short.count("epochs=1,") == 1  # the example still fits
+    assert short.count("make_shapes(16, 6)") == 1 and short.count("epochs=2,") == 1  # the example still fits
     monkeypatch.chdir(tmp_path)
     printed = []
     exec(compile(short, "README.md", "exec"), {"print": printed.append})
     (errors,) = printed
     assert set(errors) == {"sub0", "sub1", "ensemble", "fused"}
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [e.split(":")[0] for e in epochs] == ["epoch 1/2", "epoch 2/2"]  # progress, a line per epoch
+    assert "validation error sub0" in epochs[0] and "fused" in epochs[0]
     assert all(v == round(v, 2) for v in errors.values())
     assert (tmp_path / "model.pt").exists()
