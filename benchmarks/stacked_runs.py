@@ -42,9 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ffl.bench import machine, random_cifar, sync
-from ffl.data import Augment, DeviceLoader
-from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
+from ffl.bench import machine, random_loader, sync
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import method_class
 from ffl.precision import autocast, resolve_precision
@@ -173,21 +171,7 @@ GROUPED = ("ffl", "vanilla", "dualnet", "kdcl")
 
 
 def loaders(k, n_batches, batch_size, device, channels_last=True):
-    return [
-        DeviceLoader(
-            random_cifar(batch_size * n_batches, 100, seed=i),
-            batch_size,
-            CIFAR100_MEAN,
-            CIFAR100_STD,
-            device,
-            augment=Augment(),
-            shuffle=True,
-            drop_last=True,
-            seed=i,
-            channels_last=channels_last,
-        )
-        for i in range(k)
-    ]
+    return [random_loader(n_batches, batch_size, 100, device, i, True, channels_last) for i in range(k)]
 
 
 def timed_separate(method_name, archs, k, batch_size, device, steps, precision, compile=None) -> float:

@@ -111,6 +111,26 @@ def reference(archs, num_classes, batch_size, device, steps, warmup, workers: in
     return Result("reference", steps * batch_size / dt, 1000 * dt / steps)
 
 
+def random_loader(
+    n_batches, batch_size, num_classes, device, seed=0, shuffle=False, channels_last=True, views=1
+) -> DeviceLoader:
+    """``n_batches`` training batches of CIFAR-shaped random images, augmented on the device as the
+    real loaders do (its order and augmentation seeded by ``seed``)."""
+    return DeviceLoader(
+        random_cifar(batch_size * n_batches, num_classes, seed),
+        batch_size,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        device,
+        augment=Augment(),
+        shuffle=shuffle,
+        drop_last=True,
+        seed=seed,
+        channels_last=channels_last,
+        views=views,
+    )
+
+
 def step_label(mode, own_step: bool) -> str:
     """How the timed step ran, in the words docs/benchmarks.md uses."""
     label = "whole-step graph" if mode.cuda_graph else "eager"
@@ -144,18 +164,7 @@ def project(
     views = cls.train_views(len(archs), model.settings)
 
     def batches(n, seed=0, shuffle=False):
-        return DeviceLoader(
-            random_cifar(batch_size * n, num_classes, seed),
-            batch_size,
-            CIFAR100_MEAN,
-            CIFAR100_STD,
-            device,
-            augment=Augment(),
-            shuffle=shuffle,
-            drop_last=True,
-            channels_last=channels_last,
-            views=views,
-        )
+        return random_loader(n, batch_size, num_classes, device, seed, shuffle, channels_last, views)
 
     loader = batches(steps, shuffle=True)
     resolved = resolve_precision(precision, device)

@@ -25,6 +25,7 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (dv
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-S", help="override a param: section.key=value (as dvc exp run -S)")
 ]
+TablesOpt = Annotated[Path, typer.Option(help="the tables' presets")]
 
 
 def workspace_state() -> str:
@@ -181,8 +182,17 @@ def tune(
     resume: Annotated[bool, typer.Option(help="continue an interrupted search, keeping its finished trials")] = False,
     fresh: Annotated[bool, typer.Option(help="discard an earlier search in <out>/ray and start over")] = False,
     out: Annotated[Path, typer.Option(help="the results folder (and, unless tune.storage says, Ray's)")] = Path("tune"),
+    preset: Annotated[
+        str | None,
+        typer.Option(help="start from a table's row instead of --params: TABLE/ROW (configs/tables.yaml)"),
+    ] = None,
+    tables: TablesOpt = Path("configs/tables.yaml"),
 ):
     """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/ (--out).
+
+    --preset TABLE/ROW searches around a row of a table (its recipe; the -S on top): the best
+    trial's best_overrides.txt is then relative to that row, so
+    `ffl reproduce TABLE --rows ROW $(cat <out>/best_overrides.txt)` trains it over seeds.
 
     Each trial trains tune.epochs epochs (null: train.epochs) and is scored by tune.metric
     (minimised). tune/best_params.yaml and tune/best_overrides.txt both hold what the best trial
@@ -194,11 +204,23 @@ def tune(
     from pipeline.params import apply_overrides, read_yaml, validate
 
     overrides = list(set_ or []) + ([f"tune.trials={trials}"] if trials is not None else [])
-    raw = apply_overrides(read_yaml(params), overrides)
+    if preset is not None:
+        from pipeline import reproduce as rp
+
+        name, _, row = preset.partition("/")
+        if not row:
+            raise UserError(f"--preset: {preset!r} is not TABLE/ROW (cifar10-cpu/ffl)")
+        table, rows = rp.pick(rp.load_tables(tables), name, None)
+        if row not in rows:
+            raise UserError(f"--preset: {name} has no row {row!r}; its rows are {', '.join(rows)}")
+        base = rp.row_raw(table, row)
+    else:
+        base = read_yaml(params)
+    raw = apply_overrides(base, overrides)
     p = validate(raw)
     from pipeline.tune import tune as run  # checks the search space before Ray starts
 
-    summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=read_yaml(params), out=out)
+    summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=base, out=out)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -250,9 +272,6 @@ def predict(
             typer.echo(f"{r['file']}  " + "  ".join(f"{c} {p:.1%}" for c, p in r["top"]))
     if not results:
         fail(f"none of the {len(failed)} files could be read")
-
-
-TablesOpt = Annotated[Path, typer.Option(help="the tables' presets")]
 
 
 @app.command()
