@@ -120,7 +120,8 @@ def test_missing_prepared_data_and_missing_model(workdir):
 def test_missing_cifar_names_the_root(workdir):
     result = ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=nowhere")
     assert result.exit_code == 2
-    assert "data.root: cifar10 not found or corrupted under nowhere" in result.output
+    assert result.output.startswith("error: data.root: cifar10 not found under nowhere: expected cifar-10-batches-py/")
+    assert "cifar-10-batches-bin/ (the binary version)" in result.output
     assert not (workdir / "data").exists()
 
 
@@ -133,7 +134,8 @@ def test_corrupted_cifar_is_refused_at_the_door(workdir, monkeypatch):
     before = snapshot(workdir)
     result = ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=raw")
     assert result.exit_code == 2
-    assert result.output.startswith("error: data.root: cifar10 not found or corrupted under raw")
+    assert result.output.startswith("error: data.root: cifar10 (python version) under raw: cifar-10-batches-py/test_batch")
+    assert "replace it from cifar-10-python.tar.gz (or set data.download: true)" in result.output
     assert snapshot(workdir) == before
     # The same archive, intact, prepares.
     trust_written_archive(monkeypatch, "cifar10", write_cifar(workdir / "raw", "cifar10"))

@@ -122,25 +122,25 @@ def verify(name: str, root: Path, form: str, files: list[tuple[str, str, str]]) 
     for rel, algorithm, expected in files:
         path = root / rel
         if not path.is_file():
-            raise DatasetNotFound(f"{where}: {rel} is missing; {REMEDY[form]}")
+            raise DatasetNotFound(f"{where}: {rel} is missing; {remedy(name, form)}")
         size = path.stat().st_size
         if rel in sizes and size != sizes[rel]:
             state = "truncated" if size < sizes[rel] else "too long"
             raise DatasetNotFound(
-                f"{where}: {rel} is {size:,} bytes, the official file {sizes[rel]:,} ({state}); {REMEDY[form]}"
+                f"{where}: {rel} is {size:,} bytes, the official file {sizes[rel]:,} ({state}); {remedy(name, form)}"
             )
         actual = _digest(path, algorithm)
         if actual != expected:
             raise DatasetNotFound(
                 f"{where}: {rel} has {algorithm} {actual}, the official file {expected} "
-                f"(altered or truncated); {REMEDY[form]}"
+                f"(altered or truncated); {remedy(name, form)}"
             )
 
 
-REMEDY = {
-    "python": "replace it from cifar-10-python.tar.gz / cifar-100-python.tar.gz (or set data.download: true)",
-    "binary": "replace it from cifar-10-binary.tar.gz / cifar-100-binary.tar.gz",
-}
+def remedy(name: str, form: str) -> str:
+    """Where the official file comes from: the dataset's own archive of that form."""
+    archive = f"{name.replace('cifar', 'cifar-')}-{form}.tar.gz"
+    return f"replace it from {archive}" + (" (or set data.download: true)" if form == "python" else "")
 
 
 def find_form(name: str, root: Path) -> tuple[str, Path]:
