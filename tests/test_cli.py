@@ -134,7 +134,9 @@ def test_corrupted_cifar_is_refused_at_the_door(workdir, monkeypatch):
     before = snapshot(workdir)
     result = ffl("prepare", "-S", "data.source=cifar10", "-S", "data.root=raw")
     assert result.exit_code == 2
-    assert result.output.startswith("error: data.root: cifar10 (python version) under raw: cifar-10-batches-py/test_batch")
+    assert result.output.startswith(
+        "error: data.root: cifar10 (python version) under raw: cifar-10-batches-py/test_batch"
+    )
     assert "replace it from cifar-10-python.tar.gz (or set data.download: true)" in result.output
     assert snapshot(workdir) == before
     # The same archive, intact, prepares.
