@@ -20,6 +20,7 @@ import signal
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import ray
@@ -326,16 +327,35 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
             )
         )
     out.mkdir(parents=True, exist_ok=True)
-    optuna.visualization.plot_optimization_history(study, target_name=t.metric).write_html(
-        out / "optimization_history.html"
-    )
+    draw(study, "optimization_history", t.metric, out)
     complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) >= 2:
         try:
-            fig = optuna.visualization.plot_param_importances(study, target_name=t.metric)
-            fig.write_html(out / "param_importances.html")
+            draw(study, "param_importances", t.metric, out)
         except (ValueError, RuntimeError) as e:  # e.g. every trial sampled the same values
-            (out / "param_importances.txt").write_text(f"not computed: {e}\n")
+            atomic_write_text(out / "param_importances.txt", f"not computed: {e}\n")
+
+
+def draw(study, plot: str, metric: str, out: Path) -> None:
+    """One of Optuna's plots twice: a PNG (Optuna's matplotlib backend) for pages and reviews, and
+    the interactive HTML, which loads plotly.js from its CDN instead of embedding its 4.8 MB, so
+    that the results stay small enough to version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization as vis
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = getattr(vis.matplotlib, f"plot_{plot}")(study, target_name=metric)
+    fig = ax.figure
+    fig.set_size_inches(8, 4.5)
+    fig.tight_layout()
+    fig.savefig(out / f"{plot}.png", dpi=100)
+    plt.close(fig)
+    getattr(vis, f"plot_{plot}")(study, target_name=metric).write_html(out / f"{plot}.html", include_plotlyjs="cdn")
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -347,9 +367,13 @@ def start_ray(address: str | None) -> None:
     person running `ffl`; its errors still come through. One place for tune and reproduce."""
     import logging
 
-    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    check_reachable(address)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console reporter: silent at verbose 0
     logging.getLogger("ray").setLevel(logging.ERROR)
+    # "local", not None, when no cluster is named: with None, Ray joins whatever cluster
+    # /tmp/ray/ray_current_cluster names, a stale one included (a killed `ray start` leaves it,
+    # and the search then hangs waiting on a head that is gone).
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
 
 

@@ -73,7 +73,10 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     }
     from_overrides = load_params("params.yaml", pairs)
     assert from_overrides.model_dump(exclude={"tune"}) == best.model_dump(exclude={"tune"})
-    assert (workdir / "tune/plots/optimization_history.html").stat().st_size > 1000
+    html = workdir / "tune/plots/optimization_history.html"
+    assert 1000 < html.stat().st_size < 100_000  # plotly.js from its CDN, not embedded
+    assert (workdir / "tune/plots/optimization_history.png").stat().st_size > 1000
+    assert (workdir / "tune/plots/param_importances.png").exists()
     assert json.loads((workdir / "tune/summary.json").read_text())["failed"] == len(diverged)
     # An earlier search is never silently replaced.
     with pytest.raises(UserError, match="--resume continues it, --fresh discards it"):
