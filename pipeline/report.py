@@ -23,47 +23,14 @@ import io
 import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 from ffl.checkpoint import atomic_write_bytes, atomic_write_text
 from pipeline.errors import UserError
 from pipeline.params import read_yaml, validate
-from pipeline.reproduce import Table, resolve_metric, row_metrics, row_raw
+from pipeline.reproduce import Table, experiments, identity, resolve_metric, row_metrics, row_raw
 
 REPORTS = Path("reports")
-
-
-def experiments(all_commits: bool = True) -> list[dict]:
-    """``[{"name", "params": raw params, "metrics": metrics/test.json}]`` of every DVC experiment of
-    every commit (`dvc exp show --json --all-commits`), or of HEAD's."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise UserError(f"dvc exp show: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
-    found = []
-    for baseline in json.loads(proc.stdout or "[]"):
-        for exp in baseline.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                data = rev.get("data") or {}
-                params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-                metrics = (data.get("metrics") or {}).get("metrics/test.json", {}).get("data")
-                if params and metrics:
-                    found.append({"name": rev.get("name") or rev.get("rev"), "params": params, "metrics": metrics})
-    return found
-
-
-def identity(raw: dict) -> dict | None:
-    """What makes two runs the same row: their run config without the seed (None if invalid)."""
-    from pipeline.stages import run_config
-
-    try:
-        cfg = run_config(validate(raw))
-    except UserError:
-        return None
-    cfg.pop("seed")
-    return cfg
 
 
 def metric(metrics: dict, key: str) -> float | None:

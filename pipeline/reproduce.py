@@ -4,16 +4,20 @@ Ray runs the runs: on this machine, or on a cluster with ``--address``, each wit
 ``reproduce.cpus_per_run`` CPUs and ``1 / reproduce.runs_per_gpu`` of a GPU where there are GPUs
 (so that several small runs can share one). A run is the pipeline's own stages (prepare, train,
 evaluate) in a scratch directory of the worker; its outputs come back to this process, which
-records each finished run as a DVC experiment named ``<table>-<row>-s<seed>`` (`dvc exp save`
+records each finished run as a DVC experiment named ``<table>-<row>-s<seed>`` (or, where HEAD
+holds that name with other params, as a tuned row beside its preset, ``<table>-<row>-<digest>-s<seed>``) (`dvc exp save`
 in a git worktree of HEAD that shares the repository's refs and DVC cache): `dvc exp show`,
 `dvc metrics diff`, `dvc plots diff` and `dvc exp apply` then take it like any other experiment.
-A run already recorded at HEAD is not run again, so an interrupted reproduction continues where it
+A run whose params are recorded at HEAD already is not run again, so an interrupted reproduction continues where it
 stopped; a run that fails is reported with its reason and the others go on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -109,6 +113,19 @@ def row_raw(table: Table, row: str, overrides: list[str] = ()) -> dict:
     return apply_overrides(read_yaml(table.base), [*table.set, *table.rows[row].set, *overrides])
 
 
+def identity(raw: dict) -> dict | None:
+    """What makes two runs the same row: their run config without the seed (None if invalid), by
+    the rule a resumed run uses to recognise its checkpoint (``pipeline.stages.run_config``)."""
+    from pipeline.stages import run_config
+
+    try:
+        cfg = run_config(validate(raw))
+    except UserError:
+        return None
+    cfg.pop("seed")
+    return cfg
+
+
 @dataclass(frozen=True)
 class Run:
     table: str
@@ -116,10 +133,11 @@ class Run:
     seed: int
     raw: dict
     params: Params
+    variant: str = ""  # set when the plain name is taken by a run of other params (sort_out)
 
     @property
-    def name(self) -> str:  # the DVC experiment
-        return f"{self.table}-{self.row}-s{self.seed}"
+    def name(self) -> str:  # the DVC experiment: <table>-<row>[-<variant>]-s<seed>
+        return "-".join([self.table, self.row, *([self.variant] if self.variant else []), f"s{self.seed}"])
 
 
 def plan(tables, name: str, rows: list[str] | None, seeds: list[int], overrides: list[str] = ()) -> list[Run]:
@@ -385,9 +403,53 @@ def check_repository() -> None:
         )
 
 
-def recorded() -> set[str]:
-    """The experiments already recorded at HEAD (a run of that name is done)."""
-    return {line.strip() for line in dvc("exp", "ls", "--name-only").splitlines() if line.strip()}
+def experiments(all_commits: bool = True) -> list[dict]:
+    """``[{"name", "params": raw params, "metrics": metrics/test.json}]`` of every DVC experiment of
+    every commit (`dvc exp show --json --all-commits`), or of HEAD's."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise UserError(f"dvc exp show: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
+    found = []
+    for baseline in json.loads(proc.stdout or "[]"):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+                metrics = (data.get("metrics") or {}).get("metrics/test.json", {}).get("data")
+                if params and metrics:
+                    found.append({"name": rev.get("name") or rev.get("rev"), "params": params, "metrics": metrics})
+    return found
+
+
+def run_key(raw: dict) -> str:
+    """A run's params as reproduce tells runs apart: its identity and its seed."""
+    return json.dumps([identity(raw), raw.get("seed")], sort_keys=True, default=str)
+
+
+def recorded() -> dict[str, str]:
+    """The experiments recorded at HEAD, name -> run_key. A run is done when its params are there,
+    whatever the experiment's name."""
+    return {e["name"]: run_key(e["params"]) for e in experiments(all_commits=False)}
+
+
+def sort_out(runs: list[Run], done: dict[str, str]) -> tuple[list[Run], dict[str, str]]:
+    """The runs still to do, and the done ones (row's run name -> the experiment that holds it).
+    A run whose name HEAD already holds with other params (the row with other -S: a tuned row
+    beside its preset) is named with a digest of its params after the row, so that recording it
+    never replaces the other experiment."""
+    holder = {k: name for name, k in done.items()}
+    todo, skipped = [], {}
+    for run in runs:
+        k = run_key(run.raw)
+        if k in holder:
+            skipped[run.name] = holder[k]
+            continue
+        if run.name in done:
+            digest = hashlib.sha1(json.dumps(identity(run.raw), sort_keys=True, default=str).encode()).hexdigest()
+            run = dataclasses.replace(run, variant=digest[:6])
+        todo.append(run)
+    return todo, skipped
 
 
 @contextlib.contextmanager
@@ -449,9 +511,8 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
     import ray
 
     check_repository()
-    done_before = recorded()
-    todo = [r for r in runs if r.name not in done_before]
-    summary = {"done": [], "skipped": [r.name for r in runs if r.name in done_before], "failed": {}}
+    todo, skipped = sort_out(runs, recorded())
+    summary = {"done": [], "skipped": list(skipped.values()), "failed": {}}
     for name in summary["skipped"]:
         echo(f"{name}: recorded already (dvc exp show); skipped")
     if not todo:
@@ -571,10 +632,16 @@ def dry_run(runs: list[Run], echo=print) -> dict:
     for where, why in missing.items():
         echo(f"data missing ({where}): {why}")
     hours, measured = estimate_hours(runs)
-    done = recorded() if Path(".dvc").is_dir() else set()
+    _, done = sort_out(runs, recorded()) if Path(".dvc").is_dir() else ([], {})
     for run in runs:
         e = hours[run.name]
-        state = "recorded" if run.name in done else f"~{e.hours:.2f} GPU h ({e.basis})" if e else "unknown size"
+        state = (
+            f"recorded ({done[run.name]})"
+            if run.name in done
+            else f"~{e.hours:.2f} GPU h ({e.basis})"
+            if e
+            else "unknown size"
+        )
         echo(f"{run.name:48s} {run.params.method.name:8s} {'+'.join(run.params.archs()):28s} {state}")
     left = [hours[r.name].hours for r in runs if r.name not in done and hours[r.name] is not None]
     echo(

@@ -329,11 +329,16 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     draw(study, "optimization_history", t.metric, out)
     complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    why = None
     if len(complete) >= 2:
         try:
             draw(study, "param_importances", t.metric, out)
         except (ValueError, RuntimeError) as e:  # e.g. every trial sampled the same values
-            atomic_write_text(out / "param_importances.txt", f"not computed: {e}\n")
+            why = str(e)
+    else:
+        why = f"{len(complete)} trial(s) scored; importances need at least 2"
+    if why:
+        atomic_write_text(out / "param_importances.txt", f"not computed: {why}\n")
 
 
 def draw(study, plot: str, metric: str, out: Path) -> None:

@@ -2,6 +2,7 @@
 records each run as a DVC experiment, `ffl report` sets them beside the paper's numbers."""
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -182,6 +183,20 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     # Runs of other params (here: without the -S) are not taken for the row's.
     code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation")
     assert "no runs yet: A, B, C, D" in out
+    # The row again with other params (a tuned row beside its preset): its own experiment, the
+    # preset's run kept, and the same command skips it after.
+    tuned = [*args[:4], "--seeds", "0", *SET_TINY, "-S", "method.ffl.temperature=2.0"]
+    code, out = ffl(repo, monkeypatch, *tuned)
+    assert code == 0, out
+    (name,) = set(experiments(repo)) - set(runs)
+    assert re.fullmatch(r"cifar100-ablation-A-[0-9a-f]{6}-s0", name)
+    params = experiments(repo, "params")
+    assert params[name]["method"]["ffl"]["temperature"] == 2.0
+    assert params["cifar100-ablation-A-s0"]["method"]["ffl"]["temperature"] == 3.0
+    code, out = ffl(repo, monkeypatch, *tuned)
+    assert code == 0 and f"{name}: recorded already (dvc exp show); skipped" in out, out
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", *SET_TINY, "-S", "method.ffl.temperature=2.0")
+    assert json.loads((repo / "reports/cifar100-ablation.json").read_text())["rows"][0]["runs"] == [name]
 
 
 def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch, tmp_path):
