@@ -31,7 +31,7 @@ from ffl.callbacks import Callback
 from ffl.checkpoint import atomic_save, atomic_write_text, config_difference
 from ffl.engine import NonFiniteLoss
 from pipeline.errors import Interrupted, TrainingFailed, UserError
-from pipeline.params import Params, set_dotted, validate
+from pipeline.params import Params, set_dotted, tune_metric, validate
 
 TUNE_DIR = Path("tune")
 EXPERIMENT = "search"
@@ -100,7 +100,7 @@ def distributions(params: Params) -> dict:
     import optuna
 
     dists = {}
-    for key, d in params.tune.dimensions().items():
+    for key, d in params.tune.dimensions(params.method.name).items():
         if d.type == "choice":
             dists[key] = optuna.distributions.CategoricalDistribution(d.values)
         elif d.type in ("int", "logint"):
@@ -116,7 +116,7 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
     from ray.tune.search.optuna import OptunaSearch
 
     t = params.tune
-    trainable = ray.tune.with_parameters(trial, raw=trial_raw(params, raw), data=data, metric=t.metric)
+    trainable = ray.tune.with_parameters(trial, raw=trial_raw(params, raw), data=data, metric=tune_metric(params))
     resources = {"cpu": t.resources.cpu, "gpu": t.resources.gpu}
     trainable = ray.tune.with_resources(trainable, resources)
     if resume:
@@ -136,11 +136,11 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
     else:
         scheduler = FIFOScheduler()
     sampler = (optuna.samplers.TPESampler if t.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=t.seed)
-    searcher = OptunaSearch(space=distributions(params), metric=t.metric, mode="min", sampler=sampler)
+    searcher = OptunaSearch(space=distributions(params), metric=tune_metric(params), mode="min", sampler=sampler)
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(
-            metric=t.metric,
+            metric=tune_metric(params),
             mode="min",
             search_alg=searcher,
             scheduler=scheduler,
@@ -155,7 +155,7 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
             # Two, not one: Ray's experiment snapshot may still name the previous checkpoint when
             # the driver dies, and --resume must find it on disk.
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[Progress(t.metric, t.trials)],
+            callbacks=[Progress(tune_metric(params), t.trials)],
             verbose=0,
         ),
     )
@@ -215,10 +215,10 @@ def trial_rows(results, params: Params) -> list[dict]:
             "trial_id": metrics.get("trial_id", r.path.rsplit("/", 1)[-1] if r.path else ""),
             "status": status,
             "epochs": done,
-            "score": metrics.get(t.metric, float("nan")),
+            "score": metrics.get(tune_metric(params), float("nan")),
             "node": metrics.get("node", ""),
         }
-        row |= {k: (r.config or {}).get(k) for k in t.dimensions()}
+        row |= {k: (r.config or {}).get(k) for k in t.dimensions(params.method.name)}
         row |= {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss/total"))}
         rows.append(row)
     return rows
@@ -288,14 +288,15 @@ def write_results(
         "failed": sum(r["status"].startswith("failed") for r in rows),
     }
     best = min(scored, key=lambda r: r["score"])
-    best_config = {k: best[k] for k in t.dimensions()}
-    summary |= {"best_trial": best["trial"], "best": {t.metric: best["score"]}, "best_params": best_config}
+    best_config = {k: best[k] for k in t.dimensions(params.method.name)}
+    metric = tune_metric(params)
+    summary |= {"best_trial": best["trial"], "best": {metric: best["score"]}, "best_params": best_config}
     summary |= extra or {}
     ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
     pairs = changed_params(base if base is not None else raw, ran)
     atomic_write_text(
         out / "best_params.yaml",
-        f"# What the best of {len(rows)} trials ran ({t.metric} = {best['score']:.4f}, on the validation split): "
+        f"# What the best of {len(rows)} trials ran ({metric} = {best['score']:.4f}, on the validation split): "
         f"`ffl train -p {out}/best_params.yaml`.\n"
         f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: {out}/best_overrides.txt\n"
         + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
@@ -310,7 +311,6 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
     """Optuna's history and importance plots, from a study rebuilt from the finished trials."""
     import optuna
 
-    t = params.tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     dists = distributions(params)
@@ -327,12 +327,12 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
             )
         )
     out.mkdir(parents=True, exist_ok=True)
-    draw(study, "optimization_history", t.metric, out)
+    draw(study, "optimization_history", tune_metric(params), out)
     complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     why = None
     if len(complete) >= 2:
         try:
-            draw(study, "param_importances", t.metric, out)
+            draw(study, "param_importances", tune_metric(params), out)
         except (ValueError, RuntimeError) as e:  # e.g. every trial sampled the same values
             why = str(e)
     else:

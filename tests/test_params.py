@@ -151,9 +151,9 @@ def test_method_spec_carries_the_ablation_switches():
             "moved to tune.space.method.ffl.temperature",
         ),
         (
-            ["tune.space.method.dml.temperature={type: uniform, low: 1, high: 2}"],
-            "tune.space.method.dml.temperature",
-            "method.name is ffl",
+            ["tune.space={method: {dml: {temperature: {type: uniform, low: 1, high: 2}}}}"],
+            "tune.space",
+            "the search space is empty for ffl (its section: tune.space.method.ffl)",
         ),
         (["tune.scheduler.name=hyperopt"], "tune.scheduler.name", "'asha'"),
         (["tune.metric=val/top1_err/fused", "method.name=dml"], "tune.metric", "dml reports"),
@@ -174,6 +174,28 @@ def test_bad_search_spaces_are_refused_before_ray_starts(overrides, key, reason)
         check_tune(validate(raw), raw)
     assert e.value.key == key
     assert reason in e.value.reason
+
+
+@pytest.mark.parametrize(
+    ("method", "metric", "own"),
+    [
+        ("ffl", "fused", {"temperature", "ce_weight", "rampup_epochs", "ekd.weight", "fkd.weight", "fusion.width"}),
+        ("dml", "ensemble", {"temperature", "kd_weight", "rampup_epochs"}),
+        ("vanilla", "sub0", set()),
+    ],
+)
+def test_a_search_takes_the_running_methods_own_section_of_the_space(method, metric, own):
+    """params.yaml holds a space per method: `ffl tune -S method.name=dml` searches DML's settings
+    (and the lr and weight decay), never FFL's, and scores the classifier DML deploys."""
+    from pipeline.params import check_tune, tune_metric
+
+    raw = apply_overrides(tiny_params(), [f"method.name={method}"])
+    p = validate(raw)
+    check_tune(p, raw)
+    assert p.tune.metric == "auto" and tune_metric(p) == f"val/top1_err/{metric}"
+    dims = set(p.tune.dimensions(method))
+    assert {f"method.{method}.{k}" for k in own} <= dims
+    assert {k for k in dims if not k.startswith(f"method.{method}.")} == {"train.lr", "train.weight_decay"}
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 
 from pipeline.params.loading import apply_overrides, load_params, parse_yaml, read_yaml, set_dotted, validate
 from pipeline.params.schema import FILE_SOURCES, Params, method_outputs, method_spec
-from pipeline.params.search import Dimension, check_tune
+from pipeline.params.search import Dimension, check_tune, tune_metric
 
 __all__ = [
     "FILE_SOURCES",
@@ -17,5 +17,6 @@ __all__ = [
     "parse_yaml",
     "read_yaml",
     "set_dotted",
+    "tune_metric",
     "validate",
 ]

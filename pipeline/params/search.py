@@ -85,7 +85,7 @@ def _parse_space(space: dict) -> dict[str, Dimension]:
 
 class TuneParams(_Section):
     trials: int = Field(ge=1)
-    metric: str  # on the validation split, never the test split; minimised
+    metric: str  # on the validation split, never the test split; minimised; auto: tune_metric
     sampler: Literal["tpe", "random"]
     seed: int = Field(ge=0, lt=2**32)
     epochs: int | None = Field(ge=1)  # a trial's length; null = train.epochs
@@ -110,29 +110,45 @@ class TuneParams(_Section):
         self._dims = _parse_space(self.space)
         return self
 
-    def dimensions(self) -> dict[str, Dimension]:
-        """The space flattened to ``{dotted param: Dimension}``."""
-        return self._dims
+    def dimensions(self, method: str) -> dict[str, Dimension]:
+        """The space that a search of ``method`` searches, flattened to ``{dotted param: Dimension}``:
+        ``space.method`` holds a section per method (params.yaml has FFL's and DML's), and only the
+        running method's own section counts, beside the rest (train.lr, ...)."""
+        from ffl.methods import METHODS
+
+        return {
+            k: d
+            for k, d in self._dims.items()
+            if not (k.startswith("method.") and k.split(".")[1] in set(METHODS) - {method})
+        }
+
+
+def tune_metric(p) -> str:
+    """What a search minimises: ``tune.metric``, where ``auto`` is the validation error of the
+    classifier the running method deploys (FFL's fused, DML's ensemble, ...)."""
+    if p.tune.metric != "auto":
+        return p.tune.metric
+    return f"val/top1_err/{p.method_class.deployed(len(p.archs()), p.settings())}"
 
 
 def check_tune(p, raw: dict) -> None:
     """The search, checked before Ray starts: the metric exists, every dimension is a param whose
     edge values the schema accepts."""
-    from ffl.methods import METHODS
     from pipeline.params.loading import moved_to, set_dotted, validate
     from pipeline.params.schema import method_outputs
 
     t = p.tune
     metrics = [f"val/top1_err/{o}" for o in method_outputs(p)]
-    if t.metric not in metrics:
-        raise ParamsError("tune.metric", f"{p.method.name} reports {', '.join(metrics)}; got {t.metric!r}")
+    if tune_metric(p) not in metrics:
+        raise ParamsError("tune.metric", f"{p.method.name} reports {', '.join(metrics)} (or auto); got {t.metric!r}")
     if p.data.split_fraction() == 0:
         raise ParamsError(
             "data.val_fraction", "tuning scores trials on the validation split: it must be > 0 (protocol clean)"
         )
-    if not t.space:
-        raise ParamsError("tune.space", "the search space is empty")
-    for key, dim in t.dimensions().items():
+    if not t.dimensions(p.method.name):
+        where = f"tune.space.method.{p.method.name}"
+        raise ParamsError("tune.space", f"the search space is empty for {p.method.name} (its section: {where})")
+    for key, dim in t.dimensions(p.method.name).items():
         if key.split(".")[0] in ("tune", "evaluate"):
             raise ParamsError(f"tune.space.{key}", "only training params can be searched")
         if key == "train.processes":
@@ -140,10 +156,6 @@ def check_tune(p, raw: dict) -> None:
         new = moved_to(key, p.method.name)
         if new:
             raise ParamsError(f"tune.space.{key}", f"moved to tune.space.{new}")
-        if key.startswith("method.") and key.split(".")[1] in set(METHODS) - {p.method.name}:
-            raise ParamsError(
-                f"tune.space.{key}", f"searches {key.split('.')[1]}'s settings, but method.name is {p.method.name}"
-            )
         for value in dim.points():
             try:
                 validate(set_dotted(copy.deepcopy(raw), key, value))
