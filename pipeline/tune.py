@@ -379,7 +379,13 @@ def start_ray(address: str | None) -> None:
     # "local", not None, when no cluster is named: with None, Ray joins whatever cluster
     # /tmp/ray/ray_current_cluster names, a stale one included (a killed `ray start` leaves it,
     # and the search then hangs waiting on a head that is gone).
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError as e:  # auto with no cluster on this machine (Ray's own message names flags)
+        raise UserError(
+            f"--address {address}: no running Ray cluster was found ({str(e).splitlines()[0].split('.')[0]}); "
+            "start one with `ray start --head`, or leave --address out for a Ray of this machine alone"
+        ) from None
 
 
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:

@@ -72,6 +72,19 @@ def test_unknown_keys_at_every_level(workdir, key):
 
 
 @pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (".=1", "error: .: a dotted key has a word between every two dots"),
+        ("train..lr=1", "error: train..lr: a dotted key has a word between every two dots"),
+        ("train.lr=" + "[" * 5000 + "]" * 5000, "error: train.lr: the value is nested deeper than 32 levels"),
+        ("tune.space=" + "{a: " * 40 + "1" + "}" * 40, "error: tune.space: the value is nested deeper than 32 levels"),
+    ],
+)
+def test_keys_with_empty_parts_and_values_nested_absurdly_deep_are_named(workdir, override, expected):
+    assert_refused(["train", "-S", override], 2, expected, workdir)
+
+
+@pytest.mark.parametrize(
     "override",
     ["method.ffl.temperature=-1", "train.lr=-0.1", "train.epochs=0", "data.val_fraction=1.2", "train.batch_size=two"],
 )

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.params import apply_overrides, load_params, read_yaml, validate
-from tests.helpers import ffl, read_trials, search_params, search_until_one_trial_finished, write_params
+from tests.helpers import FFL_ENV, ffl, read_trials, search_params, search_until_one_trial_finished, write_params
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -187,6 +187,17 @@ def test_an_address_nothing_answers_on_fails_at_once(workdir):
     result = ffl(workdir, "tune", "--address", f"127.0.0.1:{port}")
     assert result.returncode == 2 and time.time() - start < 60
     assert result.stderr.startswith(f"error: --address: no Ray cluster answers at 127.0.0.1:{port}")
+    assert not (workdir / "tune").exists()
+    # auto with no cluster on the machine (Ray looks for one under its temp folder, here an empty one).
+    env = dict(FFL_ENV, RAY_TMPDIR=str(workdir / "no-ray"))
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "pipeline", "tune", "--address", "auto"]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "error: --address auto: no running Ray cluster was found (Could not find any running Ray instance); "
+        "start one with `ray start --head`, or leave --address out for a Ray of this machine alone\n"
+    )
     assert not (workdir / "tune").exists()
 
 

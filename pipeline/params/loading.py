@@ -88,12 +88,35 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key = key.strip()
         if not sep or not key:
             raise ParamsError(item, "an override is key=value with a dotted key (train.lr=0.05)")
+        if any(not part.strip() for part in key.split(".")):
+            raise ParamsError(key, "a dotted key has a word between every two dots (train.lr=0.05)")
         try:
             parsed = parse_yaml(value) if value.strip() else None
         except YAMLError as e:
             raise ParamsError(key, f"value {value!r} is not valid YAML ({_problem(e)})") from None
+        except RecursionError:  # the YAML parser recurses once per level of nesting
+            parsed = TOO_DEEP
+        if parsed is TOO_DEEP or nesting(parsed) > MAX_DEPTH:
+            raise ParamsError(key, f"the value is nested deeper than {MAX_DEPTH} levels; params are a few levels deep")
         set_dotted(raw, key, parsed)
     return raw
+
+
+TOO_DEEP = object()
+MAX_DEPTH = 32  # levels of nesting in one -S value; the deepest param (tune.space) has 5
+
+
+def nesting(node) -> int:
+    """How deep ``node`` nests lists and mappings, walked without recursion (a value of thousands
+    of levels must not end in RecursionError)."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            if depth + 1 <= MAX_DEPTH:
+                stack.extend((c, depth + 1) for c in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 MAX_BYTES = 1 << 20  # a params file is a few KB; anything near this is not one
