@@ -107,7 +107,7 @@ def repo(tmp_path_factory):
     import ray
 
     d = project_repo(tmp_path_factory.mktemp("repro"), tiny_params())
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster left running
     yield d
     ray.shutdown()
 
