@@ -20,10 +20,12 @@ repro: install
 	dvc repro
 	dvc metrics show metrics/test.json
 
-# Two workers, a test file each at a time (its Ray or DVC fixture is set up once): 9 minutes on
-# 2 cores instead of 13, the subprocesses and Ray's start-ups of one overlapping the other's work.
+# Two workers, a test file each at a time (its Ray or DVC fixture is set up once): about 9 minutes
+# on 2 cores instead of 13, one file's subprocesses and Ray start-ups overlapping the other's work.
+# The simulated Ray cluster (marked alone) runs after, with nothing beside it.
 test: install
-	pytest -q -n 2 --dist loadfile
+	pytest -q -n 2 --dist loadfile -m "not alone"
+	pytest -q -m alone
 
 lint: install
 	ruff check .

@@ -129,7 +129,8 @@ def search_params(**tune):
 
 def search_until_one_trial_finished(workdir, args=(), **popen) -> tuple[subprocess.Popen, str]:
     """`ffl tune ARGS` of three 3-epoch trials, one at a time, left running once the first has
-    finished; returns the driver process and that trial's id."""
+    finished; returns the driver process and that trial's id. The driver's stderr goes to
+    WORKDIR/driver.err unless POPEN says otherwise, so that a driver that ends early says why."""
     import time
 
     write_params(
@@ -142,6 +143,8 @@ def search_until_one_trial_finished(workdir, args=(), **popen) -> tuple[subproce
         ),
     )
     assert ffl(workdir, "prepare").returncode == 0
+    log = workdir / "driver.err"
+    popen.setdefault("stderr", log.open("w"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "tune", *args],
         cwd=workdir,
@@ -151,8 +154,15 @@ def search_until_one_trial_finished(workdir, args=(), **popen) -> tuple[subproce
         **popen,
     )
     deadline = time.time() + 300
+    seen = []
     for line in proc.stdout:
         if "finished: 1/3 done" in line:
             return proc, line.split()[2]
+        seen.append(line)
         assert time.time() < deadline
-    raise AssertionError("the search ended before its first trial finished")
+    proc.wait()
+    err = proc.stderr.read() if proc.stderr else log.read_text() if log.exists() else ""
+    raise AssertionError(
+        f"the search ended (exit {proc.returncode}) before its first trial finished:\n"
+        f"{''.join(seen)[-2000:]}\n{err[-3000:]}"
+    )
