@@ -25,8 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import stages  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
+from pipeline.stages.evaluate import evaluate  # noqa: E402
+from pipeline.stages.prepare import prepare  # noqa: E402
+from pipeline.stages.train import train  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -42,12 +44,12 @@ def main(argv=None) -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="ffl-spread-") as tmp:
         os.chdir(tmp)
-        stages.prepare(load_params(params_file, args.overrides))
+        prepare(load_params(params_file, args.overrides))
         for seed in args.seeds:
             params = load_params(params_file, [*args.overrides, f"seed={seed}"])
             start = time.perf_counter()
-            stages.train(params, fresh=True, progress=False)
-            errors = stages.evaluate(params)["test"]["top1_err"]
+            train(params, fresh=True, progress=False)
+            errors = evaluate(params)["test"]["top1_err"]
             live = json.loads(Path("dvclive/metrics.json").read_text())
             run = {"overrides": args.overrides, "seed": seed, "top1_err": errors}
             # The last epoch's training and validation errors: is the spread under- or overfitting?

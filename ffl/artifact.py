@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffl.checkpoint import CheckpointError, atomic_save, reading, safe_load
+from ffl import atomic
+from ffl.checkpoint import CheckpointError, reading, safe_load
 from ffl.methods import Method, build_method
 
 MODEL_FORMAT = "ffl-model-v1"
@@ -13,7 +14,7 @@ MODEL_FORMAT = "ffl-model-v1"
 def save_model(method: Method, path: str | Path, dataset: dict | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in method.state_dict().items() if hasattr(v, "detach")}
     extra = {k: v for k, v in method.state_dict().items() if not hasattr(v, "detach")}
-    atomic_save(
+    atomic.torch_save(
         {"format": MODEL_FORMAT, "spec": method.spec(), "state_dict": state | extra, "dataset": dataset or {}}, path
     )
 

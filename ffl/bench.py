@@ -24,6 +24,7 @@ import torch
 from ffl.data import Augment, DeviceLoader, Split
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ffl.engine import TrainConfig, Trainer
+from ffl.errors import SettingError, one_line
 from ffl.methods import FFL, METHODS, method_class
 from ffl.models import backbone_spec
 from ffl.precision import resolve_precision
@@ -409,7 +410,7 @@ def _check(p: argparse.ArgumentParser, args) -> argparse.Namespace:
     try:
         torch.empty(1, device=torch.device(args.device))
     except (RuntimeError, AssertionError) as e:
-        p.error(f"--device: {args.device} is not usable here ({str(e).splitlines()[0]})")
+        p.error(f"--device: {args.device} is not usable here ({one_line(e)})")
     if args.json:
         target = Path(args.json)
         if target.is_dir() or not os.access(target.parent if str(target.parent) else ".", os.W_OK):
@@ -484,7 +485,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     p = parser()
-    return run(_check(p, p.parse_args(argv)))
+    args = _check(p, p.parse_args(argv))
+    try:
+        return run(args)
+    except SettingError as e:  # a step mode a method cannot run (--compile with an eager method)
+        p.error(f"--{e.key.removeprefix('train.').replace('_', '-')}: {e.reason}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ffl.checkpoint import atomic_write_text
+from ffl import atomic
+from ffl.errors import one_line
 from ffl.methods import Method
 
 FORMATS = ("pt2", "onnx")  # torch.export.save / torch.onnx.export files, by suffix
@@ -112,7 +113,7 @@ def export(
         "output": "logits (softmax gives the class probabilities)",
         "files": dict(sorted(files.items())),
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return written
 
 
@@ -188,7 +189,7 @@ def load_images(paths: Sequence[Path], spec: InputSpec) -> tuple[torch.Tensor, l
                 images.append(transform(to_rgb(img)))
             kept.append(path)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            failed.append((path, str(e).splitlines()[0] if str(e) else type(e).__name__))
+            failed.append((path, one_line(e)))
     batch = torch.stack(images) if images else torch.empty(0, 3, spec.size, spec.size)
     return batch, kept, failed
 

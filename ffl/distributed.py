@@ -53,25 +53,6 @@ def launched() -> Ranks | None:
     return Ranks(rank, world, local)
 
 
-def end_with_launcher() -> None:
-    """This process gets SIGTERM when the process that launched it (torchrun's agent) dies, even by
-    SIGKILL: without it the ranks of a killed launcher train on unseen, holding the run's lock.
-    Linux only (prctl); elsewhere a no-op."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the launcher died before the call
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _several() -> bool:
     """A process group of more than one process is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

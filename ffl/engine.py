@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ffl import distributed
+from ffl import atomic, distributed
 from ffl.callbacks import Callback
-from ffl.checkpoint import CheckpointError, atomic_save, config_difference, reading, safe_load
+from ffl.checkpoint import CheckpointError, reading, safe_load
+from ffl.config_diff import described, differences
 from ffl.metrics import evaluate, topk_correct
 from ffl.precision import autocast, resolve_precision
 from ffl.step_graph import StepGraph
-from ffl.step_mode import COMPILE_MODES_WITH_GRAPHS, StepModeError, step_mode
+from ffl.step_mode import COMPILE_MODES_WITH_GRAPHS, step_mode
 
 CHECKPOINT_FIELDS = {
     "format": str,
@@ -173,13 +174,10 @@ class EpochSums:
 
 def check_step(config: TrainConfig, method, device: torch.device, precision: str, processes: int = 1) -> None:
     """The configured step mode is one ``step_mode`` accepts for this method, device, precision and
-    number of processes."""
-    try:
-        step_mode(
-            type(method), method.settings, device.type, precision, config.compile or "off", config.cuda_graph, processes
-        )
-    except StepModeError as e:
-        raise ValueError(str(e)) from None
+    number of processes (else SettingError, a ValueError)."""
+    step_mode(
+        type(method), method.settings, device.type, precision, config.compile or "off", config.cuda_graph, processes
+    )
 
 
 def multistep_factor(milestones: list[int], gamma: float):
@@ -300,7 +298,7 @@ class Trainer:
 
     def save_checkpoint(self, next_epoch: int) -> None:
         if self.checkpoint_path is not None and self.ranks.main:
-            atomic_save(self.state_dict(next_epoch), self.checkpoint_path)
+            atomic.torch_save(self.state_dict(next_epoch), self.checkpoint_path)
 
     def load_checkpoint(self, path: str | Path) -> None:
         self._apply_checkpoint(path, safe_load(path, CHECKPOINT_FIELDS))
@@ -308,11 +306,11 @@ class Trainer:
     def _apply_checkpoint(self, path: str | Path, ckpt: dict) -> None:
         if ckpt["format"] != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
-        diff = config_difference(ckpt["config"], self.run_config)
+        diff = differences(ckpt["config"], self.run_config)
         if diff:
             raise CheckpointError(
-                f"{path}: checkpoint of another configuration (differs in {', '.join(diff[:6])}"
-                f"{' ...' if len(diff) > 6 else ''}); delete it or train with --fresh to start over"
+                f"{path}: checkpoint of another configuration ({described(diff)}); "
+                "delete it or train with --fresh to start over"
             )
         with reading(path):
             if not 0 <= ckpt["epoch"] <= self.config.epochs or len(ckpt["history"]) != ckpt["epoch"]:

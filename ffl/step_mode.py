@@ -8,18 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ffl.errors import SettingError
+
 # torch.compile modes that capture CUDA graphs of their own (over forward and backward): they
 # exclude the whole-step graph.
 COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class StepModeError(ValueError):
-    """``key`` is the setting to change: ``cuda_graph`` or ``compile``."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"{key}: {reason}")
-        self.key, self.reason = key, reason
 
 
 @dataclass(frozen=True)
@@ -40,7 +34,7 @@ def step_mode(
     """The step of ``method_cls`` (with ``settings``) on ``device_type`` (None: unknown, check only).
 
     ``precision`` is resolved or ``auto`` (never fp16); ``compile`` is auto, off or a torch.compile
-    mode; ``cuda_graph`` auto, True or False; ``processes`` the DDP world size. Raises StepModeError
+    mode; ``cuda_graph`` auto, True or False; ``processes`` the DDP world size. Raises SettingError
     for a combination that cannot run.
     """
     name = method_cls.name
@@ -50,34 +44,38 @@ def step_mode(
         # DDP reduces gradients once per forward of the wrapped model; a step of several updates
         # (DML's peers in turn) runs its networks outside that forward.
         if own:
-            raise StepModeError(
-                "processes",
+            raise SettingError(
+                "train.processes",
                 f"{name}'s step updates the networks several times per batch, which DDP cannot split over "
                 f"processes: train with one process, or choose the method's one-update step",
             )
         # A captured step would hold the gradient all-reduce inside a CUDA graph: not attempted.
         if cuda_graph is True:
-            raise StepModeError("cuda_graph", "the whole-step graph runs in one process: set it to auto or false")
+            raise SettingError("train.cuda_graph", "the whole-step graph runs in one process: set it to auto or false")
         if compile in COMPILE_MODES_WITH_GRAPHS:
-            raise StepModeError("compile", f"{compile} brings CUDA graphs, not used under DDP: use default or off")
+            raise SettingError("train.compile", f"{compile} brings CUDA graphs, not used under DDP: use default or off")
         cuda_graph = False
     explicit = compile not in ("auto", "off", None)
     if explicit and not static:
-        raise StepModeError("compile", f"{name} decides each step in Python: it trains eagerly (off)")
+        raise SettingError("train.compile", f"{name} decides each step in Python: it trains eagerly (off)")
     if explicit and own:
-        raise StepModeError("compile", f"{name}'s step updates the networks several times per batch: set it to off")
+        raise SettingError(
+            "train.compile", f"{name}'s step updates the networks several times per batch: set it to off"
+        )
     if cuda_graph is True:
         if not static:
-            raise StepModeError("cuda_graph", f"{name} decides each step in Python: set it to auto or false")
+            raise SettingError("train.cuda_graph", f"{name} decides each step in Python: set it to auto or false")
         if precision == "fp16":
-            raise StepModeError(
-                "cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"
+            raise SettingError(
+                "train.cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"
             )
         if compile in COMPILE_MODES_WITH_GRAPHS:
-            raise StepModeError("compile", f"{compile} brings its own CUDA graphs: use default or off with cuda_graph")
+            raise SettingError(
+                "train.compile", f"{compile} brings its own CUDA graphs: use default or off with cuda_graph"
+            )
         if device_type is not None and device_type != "cuda":
-            raise StepModeError(
-                "cuda_graph", f"true needs a CUDA device, this run is on {device_type} (set it to auto)"
+            raise SettingError(
+                "train.cuda_graph", f"true needs a CUDA device, this run is on {device_type} (set it to auto)"
             )
     if device_type is None:
         return StepMode(None, None)

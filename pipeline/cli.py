@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import Interrupted, TrainingFailed, UserError
+from pipeline.signals import INTERRUPTED, INTERRUPTED_TRAINING, terminate_is_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -61,22 +61,20 @@ def resource_exhausted(e: BaseException) -> str | None:
 
     import torch
 
+    from ffl.errors import one_line
+
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"disk full: {e.filename or 'an output'} could not be written; free space and run it again"
     if isinstance(e, OSError) and e.filename:  # the machine refused a file (permissions, a read-only mount)
         return f"{e.filename}: {e.strerror or e}"
     if isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "iostream error")):
-        return f"a file could not be written whole (disk full?): {str(e).splitlines()[0][:120]}"
+        return f"a file could not be written whole (disk full?): {one_line(e)[:120]}"
     out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
     )
     if out_of_memory:
         return "out of memory: lower the batch size, the model or the dataset size (params), or use a larger machine"
     return None
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def stage(fn):
@@ -86,9 +84,9 @@ def stage(fn):
     def wrapper(*args, **kwargs):
         # SIGTERM (a scheduler pre-empting the job) ends the run like Ctrl-C: the last checkpoint
         # is whole either way, this only makes the exit say so.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            return fn(*args, **kwargs)
+            with terminate_is_interrupt():
+                return fn(*args, **kwargs)
         except UserError as e:
             fail(str(e), 2)
         except TrainingFailed as e:
@@ -96,10 +94,12 @@ def stage(fn):
         except Interrupted as e:
             fail(str(e), 130)
         except KeyboardInterrupt:
-            if fn.__name__ == "train":
-                fail("interrupted; run the same command again to resume from the last finished epoch", 130)
-            fail("interrupted; no output is left half-written or mixed with another run's; run it again", 130)
+            fail(INTERRUPTED_TRAINING if fn.__name__ == "train" else INTERRUPTED, 130)
         except Exception as e:
+            from ffl.errors import SettingError  # (ffl loads torch: not at every command's start)
+
+            if isinstance(e, SettingError):  # a setting the library refused: the params' key named
+                fail(str(e), 2)
             if (reason := resource_exhausted(e)) is None:
                 raise  # a bug: its traceback is what a report needs
             fail(reason, 1)
@@ -137,7 +137,7 @@ def _params(params: Path, overrides: list[str] | None):
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Prepare the dataset in data/prepared: uint8 arrays (shapes, CIFAR), or an index of the image
     files (ImageNet, image folders)."""
-    from pipeline.stages import prepare as run
+    from pipeline.stages.prepare import prepare as run
 
     p = _params(params, set_)
     data = run(p)
@@ -152,7 +152,7 @@ def train(
     fresh: Annotated[bool, typer.Option(help="discard an interrupted run's checkpoint and start over")] = False,
 ):
     """Train the configured method; resumes an interrupted run of the same configuration."""
-    from pipeline.stages import train as run
+    from pipeline.stages.train import train as run
 
     p = _params(params, set_)
     if (model := run(p, fresh=fresh)) is not None:  # None: one of several DDP processes, not rank 0
@@ -163,7 +163,7 @@ def train(
 @stage
 def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Top-1/top-5 test error of every sub-network, their ensemble and the fused classifier."""
-    from pipeline.stages import evaluate as run
+    from pipeline.stages.evaluate import evaluate as run
 
     result = run(_params(params, set_))
     json.dump(result, sys.stdout, indent=2)
@@ -241,7 +241,7 @@ def export(
 ):
     """Standalone files of the trained classifiers: plain PyTorch (torch.export.load) or ONNX runtimes
     run them without this project. Input: RGB floats in [0, 1], NCHW, of the size in model.json."""
-    from pipeline.stages import export as run
+    from pipeline.stages.deploy import export as run
 
     for path in run(classifier, format_, out, model):
         typer.echo(f"wrote {path}")
@@ -260,7 +260,7 @@ def predict(
 ):
     """Class probabilities for image files of any size (resized and centre-cropped as in evaluation).
     Files that cannot be read are named on stderr and skipped."""
-    from pipeline.stages import predict as run
+    from pipeline.stages.deploy import predict as run
 
     results, failed = run(inputs, classifier, top, model)
     for path, why in failed:
@@ -356,7 +356,7 @@ def methods(
 ):
     """The methods: one line each, or one method in full (its settings with defaults, bounds and
     sources, and its known differences from its original); --write makes docs/methods.md."""
-    from ffl.checkpoint import atomic_write_text
+    from ffl import atomic
     from ffl.methods import METHODS
     from pipeline.methods_doc import render, summary_rows, terminal_view
 
@@ -366,7 +366,7 @@ def methods(
         if write.exists() and not write.is_file():  # a device, a pipe, a folder: never replaced
             raise UserError(f"--write: {write} is not a regular file")
         try:
-            atomic_write_text(write, render())
+            atomic.write_text(write, render())
         except OSError as e:
             raise UserError(f"--write: cannot write {write} ({e.strerror})") from None
         typer.echo(f"wrote {write}")

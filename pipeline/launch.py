@@ -1,6 +1,6 @@
 """`ffl train` with ``train.processes`` > 1 on one machine: torchrun (``torch.distributed.run``, the
 same launcher a multi-machine run uses from the command line) starts the processes, each one
-``python -m pipeline train`` on the validated params, one rank of a DDP run (pipeline/stages.py).
+``python -m pipeline train`` on the validated params, one rank of a DDP run (pipeline/stages/train.py).
 
 torchrun's elastic agent watches them: when one fails, it stops the others (``--max-restarts 0``:
 a crash is not retried, the run resumes from its last checkpoint when started again). Here its
@@ -18,8 +18,7 @@ import yaml
 
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params
-
-INTERRUPTED = "interrupted; run the same command again to resume from the last finished epoch"
+from pipeline.signals import INTERRUPTED_TRAINING
 
 
 def torchrun_args(processes: int, params_file: Path, fresh: bool) -> list[str]:
@@ -76,7 +75,7 @@ def _run(params: Params, n: int, fresh: bool) -> None:
             if code == 2:  # the ranks refused the run before training (their one-line reason is above)
                 raise UserError(f"training process {rank} of {n} refused the run (its reason is above)") from None
             if code == 130:
-                raise Interrupted(INTERRUPTED) from None
+                raise Interrupted(INTERRUPTED_TRAINING) from None
             raise TrainingFailed(message) from None
         except SignalException:
-            raise Interrupted(INTERRUPTED) from None
+            raise Interrupted(INTERRUPTED_TRAINING) from None

@@ -3,7 +3,7 @@
 
 The runs are DVC experiments, wherever they came from (`ffl reproduce`, `dvc exp run --queue`, a
 `dvc exp save`): an experiment belongs to a row when it ran the row's params, seed aside, by the
-rule a resumed run uses to recognise its checkpoint (``pipeline.stages.run_config``: the device,
+rule a resumed run uses to recognise its checkpoint (``pipeline.stages.train.run_config``: the device,
 the CUDA graph switch and the decoding workers do not count). Per row and metric: mean +- std over
 seeds, the number of seeds, the paper's number and the difference; a row with no run says so. A
 row without the paper's numbers reports the table's ``metrics`` (its deployed classifier, its
@@ -25,7 +25,7 @@ import math
 import statistics
 from pathlib import Path
 
-from ffl.checkpoint import atomic_write_bytes, atomic_write_text
+from ffl import atomic
 from pipeline.errors import UserError
 from pipeline.params import read_yaml, validate
 from pipeline.reproduce import Table, experiments, identity, resolve_metric, row_metrics, row_raw
@@ -207,9 +207,9 @@ def report(name: str, table: Table, overrides: list[str] = (), out: Path = REPOR
         raise UserError(f"{out}: is not a folder; the reports are written into one")
     entries = summarise(table, experiments(), overrides)
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()} for e in entries]
-    atomic_write_text(out / f"{name}.json", json.dumps({"title": table.title, "rows": clean}, indent=2) + "\n")
-    atomic_write_bytes(out / f"{name}.png", picture(table, entries))
-    atomic_write_text(out / f"{name}.md", markdown(name, table, entries))
+    atomic.write_text(out / f"{name}.json", json.dumps({"title": table.title, "rows": clean}, indent=2) + "\n")
+    atomic.write_bytes(out / f"{name}.png", picture(table, entries))
+    atomic.write_text(out / f"{name}.md", markdown(name, table, entries))
     return out / f"{name}.md", entries
 
 

@@ -31,6 +31,7 @@ from typing import Annotated
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from ffl.errors import one_line
 from pipeline.errors import Interrupted, ParamsError, TrainingFailed, UserError
 from pipeline.params import Params, apply_overrides, read_yaml, validate
 from pipeline.params.schema import ReproduceParams
@@ -115,8 +116,8 @@ def row_raw(table: Table, row: str, overrides: list[str] = ()) -> dict:
 
 def identity(raw: dict) -> dict | None:
     """What makes two runs the same row: their run config without the seed (None if invalid), by
-    the rule a resumed run uses to recognise its checkpoint (``pipeline.stages.run_config``)."""
-    from pipeline.stages import run_config
+    the rule a resumed run uses to recognise its checkpoint (``pipeline.stages.train.run_config``)."""
+    from pipeline.stages.train import run_config
 
     try:
         cfg = run_config(validate(raw))
@@ -289,7 +290,10 @@ def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes]
     import ray
     import torch
 
-    from pipeline import stages
+    from pipeline.stages.deploy import export
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import train
 
     torch.set_num_threads(max(1, int(threads)))
     params = validate(raw)
@@ -297,10 +301,10 @@ def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes]
     try:
         with working_directory(scratch):
             params = link_data_root(params, data_root)
-            stages.prepare(params)
-            stages.train(params, progress=False)
-            stages.evaluate(params)
-            stages.export()
+            prepare(params)
+            train(params, progress=False)
+            evaluate(params)
+            export()
             node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
             return {str(f): f.read_bytes() for f in output_files()}, node
     finally:
@@ -313,9 +317,14 @@ def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[l
     import ray
     import torch
 
-    from pipeline import paths, stages
+    from pipeline import paths
     from pipeline.callbacks import write_curves
+    from pipeline.runtime import ensure_writable, resolve_device
     from pipeline.stacked import train_stacked
+    from pipeline.stages.deploy import export
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.prepare import load_prepared, prepare
+    from pipeline.stages.train import finish_run
 
     torch.set_num_threads(max(1, int(threads)))
     scratch = Path(tempfile.mkdtemp(prefix="ffl-runs-"))
@@ -327,20 +336,20 @@ def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[l
             with working_directory(d):
                 runs.append(link_data_root(validate(raw), data_root))
         with working_directory(dirs[0]):
-            stages.prepare(runs[0])  # one dataset for all: the seeds share the data params
-            data = stages.load_prepared(runs[0])
-            device = stages.resolve_device(runs[0].train.device)
+            prepare(runs[0])  # one dataset for all: the seeds share the data params
+            data = load_prepared(runs[0])
+            device = resolve_device(runs[0].train.device)
             methods, histories = train_stacked(runs, data, device)
         results = []
         for d, params, method, history in zip(dirs, runs, methods, histories):
             with working_directory(d):
                 if d != dirs[0]:
                     Path("data").symlink_to(dirs[0] / "data")
-                stages.ensure_writable(paths.CHECKPOINTS, paths.DVCLIVE.parent)
+                ensure_writable(paths.CHECKPOINTS, paths.DVCLIVE.parent)
                 write_curves(history, paths.LIVE)
-                stages.finish_run(method, params, data)
-                stages.evaluate(params)
-                stages.export()
+                finish_run(method, params, data)
+                evaluate(params)
+                export()
                 results.append({str(f): f.read_bytes() for f in output_files()})
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         return results, node
@@ -466,7 +475,7 @@ def recorder():
 
         def record(run: Run, files: dict[str, bytes]) -> None:
             from ffl.data import prepared_provenance
-            from pipeline import stages
+            from pipeline.stages.prepare import prepare
 
             git("checkout", "--", ".", cwd=tree)
             git("clean", "-fdq", cwd=tree)  # ignored outputs (data/) stay until replaced
@@ -484,7 +493,7 @@ def recorder():
             with working_directory(tree):
                 here = link_data_root(run.params, str((repo / run.params.data.root).resolve()))
                 if prepared_provenance("data/prepared") != run.params.data.provenance():
-                    stages.prepare(here)
+                    prepare(here)
             (tree / "checkpoints").mkdir(exist_ok=True)  # train's persistent output, empty once a run finished
             dvc("commit", "-f", cwd=tree)
             dvc("exp", "save", "-f", "-n", run.name, "-I", "dvclive", "-I", "plots", "-I", "metrics", cwd=tree)
@@ -546,7 +555,7 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
                     files, node = ray.get(ready[0])
                 except Exception as e:  # the run's own failure: reported, the others go on
                     for run in group:
-                        summary["failed"][run.name] = failure_reason(e)
+                        summary["failed"][run.name] = one_line(e)
                         echo(f"{run.name}: failed: {summary['failed'][run.name]}")
                     continue
                 for run, outputs in zip(group, files if len(group) > 1 else [files], strict=True):
@@ -596,13 +605,6 @@ def longest_first(groups: list[list[Run]]) -> list[list[Run]]:
         return cost[group[0].table, group[0].row] * (train_images(p) or 0) * len(group)
 
     return sorted(groups, key=work, reverse=True)
-
-
-def failure_reason(e: Exception) -> str:
-    """The run's own reason, whole (its last line holds what to do)."""
-    cause = getattr(e, "cause", None) or e
-    text = str(cause).strip()
-    return text.splitlines()[-1] if text else type(cause).__name__
 
 
 def missing_data(params: Params, root: Path) -> str | None:

@@ -9,9 +9,9 @@ import torch
 
 from ffl.data import Dataset
 from ffl.stacked import StackedBatches, StackedEval, StackedRuns, StackedTrainer, run_history, stack_refusal, unstack
-from pipeline import stages
 from pipeline.params import Params
 from pipeline.params.schema import ReproduceParams
+from pipeline.stages.train import build_trainer
 
 
 def stacks(params: Params, reproduce: ReproduceParams, have_gpus: bool) -> bool:
@@ -24,7 +24,7 @@ def stacks(params: Params, reproduce: ReproduceParams, have_gpus: bool) -> bool:
 def train_stacked(runs: list[Params], data: Dataset, device: torch.device) -> tuple[list, list[list[dict]]]:
     """Trains the runs (one row, several seeds) as one model; returns each run's method, trained,
     and its epochs' metrics, as it would have them trained alone."""
-    trainers = [stages.build_trainer(p, data, device) for p in runs]
+    trainers = [build_trainer(p, data, device) for p in runs]
     first = trainers[0]
     model = StackedRuns([t.method for t in trainers])
     val = StackedEval(first.val_loader, len(runs)) if first.val_loader is not None else None

@@ -16,7 +16,6 @@ import copy
 import json
 import math
 import os
-import signal
 import socket
 import tempfile
 import time
@@ -27,11 +26,14 @@ import ray
 import ray.tune
 import yaml
 
+from ffl import atomic
 from ffl.callbacks import Callback
-from ffl.checkpoint import atomic_save, atomic_write_text, config_difference
+from ffl.config_diff import described, differences, flatten
 from ffl.engine import NonFiniteLoss
+from ffl.errors import one_line
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params, set_dotted, tune_metric, validate
+from pipeline.signals import take_back_terminate
 
 TUNE_DIR = Path("tune")
 EXPERIMENT = "search"
@@ -48,7 +50,7 @@ class ReportToTune(Callback):
 
     def on_epoch_end(self, trainer, epoch, metrics):
         with tempfile.TemporaryDirectory() as d:
-            atomic_save(trainer.state_dict(epoch + 1), Path(d) / "last.pt")
+            atomic.torch_save(trainer.state_dict(epoch + 1), Path(d) / "last.pt")
             # The node, for a cluster's trials.csv (Ray's own node_ip is one for all simulated nodes).
             report = dict(metrics) | {CLOCK: epoch + 1, "node": ray.get_runtime_context().get_node_id()[:8]}
             ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(d))
@@ -58,7 +60,8 @@ def trial(config: dict, raw: dict, data, metric: str) -> None:
     """One trial: the base params with the sampled values, trained and reported epoch by epoch."""
     import torch
 
-    from pipeline.stages import build_trainer, resolve_device
+    from pipeline.runtime import resolve_device
+    from pipeline.stages.train import build_trainer
 
     p = validate(apply_config(raw, config))
     ctx = ray.tune.get_context()
@@ -207,7 +210,7 @@ def trial_rows(results, params: Params) -> list[dict]:
         if "diverged" in metrics:
             status = f"failed: {metrics['diverged']}"
         elif r.error is not None:
-            status = f"failed: {str(r.error).strip().splitlines()[-1][:300]}"
+            status = f"failed: {one_line(r.error)[:300]}"
         else:
             status = "completed" if done >= epochs else "stopped early"
         row = {
@@ -224,26 +227,15 @@ def trial_rows(results, params: Params) -> list[dict]:
     return rows
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; an empty mapping stays a value."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def changed_params(base: dict, ran: dict) -> dict[str, str]:
     """``{dotted key: value}`` for every param of ``ran`` that ``base`` (the params file the search
     started from) does not hold, values written as `dvc exp run -S` and `ffl train -S` both parse
     them (JSON: quoted strings, lists without spaces, so that `$(cat ...)` splits them whole)."""
-    old = flatten(base)
+    now = flatten(ran)
     return {
-        key: json.dumps(value, separators=(",", ":"))
-        for key, value in flatten(ran).items()
-        if not key.startswith("tune.") and (key not in old or old[key] != value or type(old[key]) is not type(value))
+        key: json.dumps(now[key], separators=(",", ":"))
+        for key, _, _ in differences(base, ran, exact_types=True)
+        if key in now and not key.startswith("tune.")
     }
 
 
@@ -280,7 +272,7 @@ def write_results(
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "trials.csv", table.getvalue())
+    atomic.write_text(out / "trials.csv", table.getvalue())
     summary = {
         "trials": len(rows),
         "completed": sum(r["status"] == "completed" for r in rows),
@@ -294,15 +286,15 @@ def write_results(
     summary |= extra or {}
     ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
     pairs = changed_params(base if base is not None else raw, ran)
-    atomic_write_text(
+    atomic.write_text(
         out / "best_params.yaml",
         f"# What the best of {len(rows)} trials ran ({metric} = {best['score']:.4f}, on the validation split): "
         f"`ffl train -p {out}/best_params.yaml`.\n"
         f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: {out}/best_overrides.txt\n"
         + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
     )
-    atomic_write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic.write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_plots(rows, params, out / "plots")
     return summary
 
@@ -338,7 +330,7 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
     else:
         why = f"{len(complete)} trial(s) scored; importances need at least 2"
     if why:
-        atomic_write_text(out / "param_importances.txt", f"not computed: {why}\n")
+        atomic.write_text(out / "param_importances.txt", f"not computed: {why}\n")
 
 
 def draw(study, plot: str, metric: str, out: Path) -> None:
@@ -383,7 +375,7 @@ def start_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as e:  # auto with no cluster on this machine (Ray's own message names flags)
         raise UserError(
-            f"--address {address}: no running Ray cluster was found ({str(e).splitlines()[0].split('.')[0]}); "
+            f"--address {address}: no running Ray cluster was found ({one_line(e).split('.')[0]}); "
             "start one with `ray start --head`, or leave --address out for a Ray of this machine alone"
         ) from None
 
@@ -454,13 +446,10 @@ class SearchStorage:
 def check_same_search(experiment, started_with: dict, now: dict) -> None:
     """A resumed search runs the params it started with: otherwise one table would rank trials of
     two configurations."""
-    differ = config_difference(started_with, now)  # the same comparison as a resumed training's
+    differ = differences(started_with, now)  # the same comparison as a resumed training's
     if differ:
-        before, after = flatten(started_with), flatten(now)
-        shown = ", ".join(f"{k}: {before.get(k)} -> {after.get(k)}" for k in differ[:3])
-        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
         raise UserError(
-            f"{experiment}: was started with other params ({shown}{more}); resume it with those, "
+            f"{experiment}: was started with other params ({described(differ)}); resume it with those, "
             "or start a new search with --fresh"
         )
 
@@ -514,7 +503,7 @@ def tune(
     the params file alone, which best_overrides.txt is relative to (default: ``raw``); ``out``: the
     results folder."""
     from pipeline.params import check_tune
-    from pipeline.stages import load_prepared
+    from pipeline.stages.prepare import load_prepared
 
     check_tune(params, raw)
     storage = SearchStorage(params.tune.storage, out)
@@ -535,10 +524,9 @@ def tune(
     if not resume:  # the earlier search is discarded only now, when the new one can start
         storage.start(params)
     tuner = build_tuner(params, raw, data, storage, resume)
-    # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own
-    # handler lets the running trials checkpoint and saves the search's state (Ray's would dump a
-    # C++ stack and leave the state as it was).
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own SIGINT
+    # handler lets the running trials checkpoint and saves the search's state.
+    take_back_terminate()
     started = time.monotonic()
     results = tuner.fit()
     wall = time.monotonic() - started

@@ -13,7 +13,8 @@ from ffl.methods import Vanilla
 from pipeline import paths
 from pipeline.cli import app
 from pipeline.params import load_params
-from pipeline.stages import build_trainer, load_prepared
+from pipeline.stages.prepare import load_prepared
+from pipeline.stages.train import build_trainer
 from tests.helpers import tiny_params, write_params
 
 runner = CliRunner()
@@ -126,7 +127,10 @@ def test_a_checkpoint_cannot_run_code(workdir):
 def test_checkpoint_of_another_configuration(workdir):
     interrupted_checkpoint(workdir)
     assert_refused(
-        ["train", "-S", "train.lr=0.05"], 2, "checkpoint of another configuration (differs in train.lr)", workdir
+        ["train", "-S", "train.lr=0.05"],
+        2,
+        "checkpoint of another configuration (train.lr: 0.1 -> 0.05); delete it",
+        workdir,
     )
     # --fresh is the documented way out.
     assert ffl("train", "-S", "train.lr=0.05", "--fresh")[0] == 0
@@ -414,12 +418,12 @@ def test_bench_refuses_bad_arguments_before_timing_anything(args, capsys):
     ],
 )
 def test_a_machine_out_of_memory_or_disk_or_an_interrupt_ends_in_one_line(workdir, monkeypatch, raised, code, line):
-    from pipeline import stages
+    from pipeline.stages import prepare as stage
 
     def prepare(params):
         raise raised
 
-    monkeypatch.setattr(stages, "prepare", prepare)
+    monkeypatch.setattr(stage, "prepare", prepare)
     assert_refused(["prepare"], code, line, workdir)
 
 
@@ -470,7 +474,7 @@ def test_evaluation_writes_its_outputs_with_interrupts_held_off():
     import os
     import signal
 
-    from pipeline.stages import signals_deferred
+    from pipeline.signals import signals_deferred
 
     written = []
     with pytest.raises(KeyboardInterrupt), signals_deferred():

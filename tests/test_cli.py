@@ -208,9 +208,9 @@ def test_bench_times_the_project_against_the_reference_in_one_run(tmp_path):
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        (["-S", "data.source=cifar100"], "data.source=shapes, but the params say data.source=cifar100"),
-        (["-S", "data.shapes.noise=0.2"], "data.shapes.noise=0.1, but the params say data.shapes.noise=0.2"),
-        (["-S", "data.protocol=paper"], "data.val_fraction=0.25, but the params say data.val_fraction=0.0"),
+        (["-S", "data.source=cifar100"], "data.source: shapes -> cifar100"),
+        (["-S", "data.shapes.noise=0.2"], "data.shapes.noise: 0.1 -> 0.2"),
+        (["-S", "data.protocol=paper"], "data.val_fraction: 0.25 -> 0.0"),
     ],
 )
 def test_training_refuses_prepared_data_of_other_params(workdir, change, named):
@@ -221,7 +221,7 @@ def test_training_refuses_prepared_data_of_other_params(workdir, change, named):
     assert result.exit_code == 2
     # The hint repeats the -S given: a plain `ffl prepare` would prepare the default params again.
     hint = f"run `ffl prepare {' '.join(change)}` (`dvc repro` runs it)"
-    assert result.output.strip() == f"error: data/prepared: made with {named}; {hint}"
+    assert result.output.strip() == f"error: data/prepared: made with other data params ({named}); {hint}"
     assert snapshot(workdir) == before
     (workdir / "other.yaml").write_text((workdir / "params.yaml").read_text())
     result = ffl("train", "-p", "other.yaml", *change)
@@ -236,7 +236,7 @@ def test_evaluation_refuses_a_model_of_other_data(workdir):
     before = snapshot(workdir)
     result = ffl("evaluate", "-S", "data.seed=1")
     assert result.exit_code == 2
-    assert result.output.startswith("error: models/model.pt: made with data.seed=0, but the params say data.seed=1")
+    assert result.output.startswith("error: models/model.pt: made with other data params (data.seed: 0 -> 1)")
     assert snapshot(workdir) == before  # metrics/test.json of the earlier evaluation kept
 
 

@@ -58,7 +58,7 @@ def test_a_search_spreads_trials_over_the_nodes_into_shared_storage(cluster, tmp
     import ray
 
     from pipeline.params import validate
-    from pipeline.stages import prepare
+    from pipeline.stages.prepare import prepare
     from pipeline.tune import tune
     from tests.helpers import temperature_search
 

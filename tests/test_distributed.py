@@ -20,8 +20,9 @@ from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileSplit
 from ffl.data.loader import Augment, DeviceLoader
 from ffl.distributed import Ranks, per_rank_batch_norm, shard, usable_batches
-from pipeline import stages
 from pipeline.params import load_params
+from pipeline.stages.prepare import load_prepared
+from pipeline.stages.train import build_trainer
 from tests.helpers import tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -115,8 +116,8 @@ def test_two_processes_train_the_one_process_model(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     monkeypatch.chdir(d)
     p = load_params(d / "params.yaml", ["train.processes=1"])
-    data = stages.load_prepared(p)
-    trainer = stages.build_trainer(p, data, torch.device("cpu"))
+    data = load_prepared(p)
+    trainer = build_trainer(p, data, torch.device("cpu"))
     untrained = {k: v.detach().clone() for k, v in trainer.method.named_parameters()}
     per_rank_batch_norm(trainer.method, 2)
     # Each rank computes with its share of the cores (pipeline/launch.py); CPU convolutions sum in

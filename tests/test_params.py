@@ -223,7 +223,7 @@ def test_auto_speed_settings_on_a_gpu(overrides, graph, compile):
 def test_cpu_runs_are_eager():
     import torch
 
-    from pipeline.stages import run_step_mode
+    from pipeline.stages.train import run_step_mode
 
     for method in ("ffl", "dml", "one", "dualnet"):
         p = validate(apply_overrides(tiny_params(), [f"method.name={method}"]))
@@ -244,7 +244,7 @@ def test_a_one_epoch_run_trains_at_the_configured_lr():
     import torch
 
     from ffl.data import make_shapes
-    from pipeline.stages import build_trainer
+    from pipeline.stages.train import build_trainer
 
     p = validate(apply_overrides(tiny_params(), ["train.epochs=1", "train.lr=0.05"]))
     data = make_shapes(16, 6, 0.25)

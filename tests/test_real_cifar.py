@@ -12,8 +12,8 @@ import torch
 from ffl.data import Augment, DeviceLoader, load_dataset
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import FFL
-from pipeline import stages
 from pipeline.params import apply_overrides, validate
+from pipeline.stages.prepare import prepare
 from tests.helpers import ROOT, tiny_params
 
 DATASETS = Path(os.environ.get("FFL_CIFAR10_ROOT", ROOT.parent / "shared" / "datasets"))
@@ -30,7 +30,7 @@ def prepared(tmp_path_factory):
     """`ffl prepare`'s stage on the real files, the authors' protocol (every training image)."""
     out = tmp_path_factory.mktemp("cifar10") / "prepared"
     raw = apply_overrides(tiny_params(), ["data.source=cifar10", f"data.root={DATASETS}", "data.protocol=paper"])
-    stages.prepare(validate(raw), out)
+    prepare(validate(raw), out)
     return load_dataset(out)
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pipeline import reproduce as rp
 from pipeline.cli import app
 from pipeline.params import validate
-from pipeline.stages import build_trainer
+from pipeline.stages.train import build_trainer
 from tests.helpers import ROOT, TINY_RUN, project_repo, sh, tiny_params
 
 runner = CliRunner()
@@ -149,7 +149,7 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
 
     monkeypatch.setattr(ray, "wait", interrupted_wait)
     code, out = ffl(repo, monkeypatch, *args)
-    assert code == 130 and "interrupted; 1 runs recorded, 3 not: the same command continues with those" in out
+    assert code == 130 and "interrupted; 1 runs recorded, 3 not: the same command continues with those" in out, out
     assert len(experiments(repo)) == 1
     monkeypatch.setattr(ray, "wait", wait)
     # The same command continues: the recorded run is not run again.

@@ -34,7 +34,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials(workdir, ray_session):
-    from pipeline.stages import prepare
+    from pipeline.stages.prepare import prepare
     from pipeline.tune import tune
 
     raw = search_params()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ffl.checkpoint import atomic_write_text
+from ffl import atomic
 
 SPLITS = ("train", "val", "test")
 
@@ -77,11 +76,9 @@ def write_prepared(directory: str | Path, filename: str, arrays: dict, meta: dic
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "meta.json").unlink(missing_ok=True)
-    tmp = directory / f"{filename}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic.replacing(directory / filename) as f:
         (np.savez_compressed if compress else np.savez)(f, **arrays)
-    os.replace(tmp, directory / filename)
-    atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+    atomic.write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
     for stale in directory.glob("*.npz"):  # a dataset of the other form prepared here before
         if stale.name != filename:
             stale.unlink()

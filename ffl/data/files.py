@@ -18,6 +18,7 @@ import numpy as np
 
 from ffl.data.arrays import prepared_meta, read_prepared, stratified_split, write_prepared
 from ffl.data.cifar import DatasetNotFound
+from ffl.errors import one_line
 
 # torchvision's ImageNet weights normalise with these; they serve any natural-image folder too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,7 +101,7 @@ def load_imagenet(root: str | Path, val_fraction: float, seed: int) -> FileDatas
     except RuntimeError as e:
         # torchvision's own message names the one archive it stopped at; say what the whole set is.
         raise DatasetNotFound(
-            f"imagenet not found or corrupted under {given}: {str(e).splitlines()[0]} "
+            f"imagenet not found or corrupted under {given}: {one_line(e)} "
             f"(expected {', '.join(IMAGENET_ARCHIVES)} with torchvision's md5 checksums; they cannot be "
             f"downloaded automatically)"
         ) from None
@@ -122,7 +123,7 @@ def load_imagefolder(root: str | Path, val_fraction: float, seed: int) -> FileDa
             folders[split] = ImageFolder(str(root / split))
         except (OSError, RuntimeError) as e:
             raise DatasetNotFound(
-                f"imagefolder under {given}: {split}/ is missing or empty ({str(e).splitlines()[0]}); "
+                f"imagefolder under {given}: {split}/ is missing or empty ({one_line(e)}); "
                 f"expected {given}/train/<class>/<image> and {given}/val/<class>/<image>"
             ) from None
     train, test = folders["train"], folders["val"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from ruamel.yaml import YAML, YAMLError
 
+from ffl.errors import one_line
 from pipeline.errors import ParamsError
 from pipeline.params.schema import MISSING, Params, check_consistency
 
@@ -22,7 +23,7 @@ def parse_yaml(text: str):
 
 
 def _problem(e: YAMLError) -> str:
-    return str(getattr(e, "problem", None) or str(e).splitlines()[0])
+    return str(getattr(e, "problem", None) or one_line(e))
 
 
 # Keys that moved when each method got its own section: old dotted key -> new, where "{name}" is

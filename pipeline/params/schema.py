@@ -24,10 +24,11 @@ from pydantic import (
     field_validator,
 )
 
+from ffl.errors import SettingError
 from ffl.methods import METHODS, MethodConfigError
 from ffl.methods import settings as method_settings
 from ffl.models import backbone_spec
-from ffl.step_mode import COMPILE_MODES, StepModeError, step_mode
+from ffl.step_mode import COMPILE_MODES, step_mode
 from pipeline.errors import ParamsError
 from pipeline.params.search import TuneParams
 
@@ -321,8 +322,8 @@ def check_consistency(p: Params) -> None:
     device_type = None if t.device == "auto" else t.device.split(":")[0]
     try:
         step_mode(cls, settings, device_type, t.precision, t.compile, t.cuda_graph, t.processes)
-    except StepModeError as e:
-        raise ParamsError(f"train.{e.key}", e.reason) from None
+    except SettingError as e:
+        raise ParamsError(e.key, e.reason) from None
     if t.batch_size % t.processes:
         raise ParamsError(
             "train.batch_size",

@@ -1,0 +1,89 @@
+"""Files replaced whole: every output of the project (checkpoints, the model, prepared data,
+metrics, reports, exports, search results) is written beside its final name, synced to the disk,
+and renamed over it. A kill, a power loss or a full disk leaves the old file or the new one, never
+a part of either. One rule for all writers, so that none of them forgets the sync."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def beside(path: Path, kind: str) -> Path:
+    """``.<name>.<kind>-<pid>`` beside ``path``, for this process. Those a killed process left
+    (its pid no longer runs) are removed here, the next time the same path is written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.{kind}-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path``'s new contents into: synced and renamed over ``path`` when
+    the block ends, removed (``path`` untouched) when it raises."""
+    path = Path(path)
+    tmp = beside(path, "tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with replacing(path) as f:
+        f.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    import torch  # imported here: this module serves writers that never touch torch
+
+    with replacing(path) as f:
+        torch.save(obj, f)
+
+
+def replace_directory(new: str | Path, old: str | Path) -> None:
+    """Puts directory ``new`` where ``old`` is: the old one is renamed aside first and removed only
+    once the new one is in place, so a kill leaves one whole directory or the other (and, at
+    worst, the old one under ``.<name>.old-<pid>`` beside it), never a mixture. The new one's
+    files are synced first: the rename must not publish files still in the page cache."""
+    new, old = Path(new), Path(old)
+    for f in new.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+    aside = beside(old, "old")
+    if old.exists() or old.is_symlink():
+        os.replace(old, aside)
+    os.replace(new, old)
+    if aside.is_symlink():  # the link itself was set aside, not what it points to
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)

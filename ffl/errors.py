@@ -1,0 +1,33 @@
+"""What the library tells its callers went wrong, in a form they can show in one line."""
+
+from __future__ import annotations
+
+
+class SettingError(ValueError):
+    """A setting is wrong for this run. ``key`` names it as the user writes it (``train.compile``,
+    ``method.pcl.ema_decay``); ``reason`` says why and what would work. The library raises it, the
+    command line prints ``key: reason`` and the params schema reports it at the key."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's reason as the one line a user reads, whoever raised it:
+    - an error from another process (Ray's task errors carry the original as ``cause``) is that error;
+    - a traceback printed into the message (Ray, torchrun) ends in the error: its last line;
+    - otherwise the first line (torch's and PIL's summaries come first, details after), with the
+      first item when that line is a heading ending in ':' (torch's state-dict errors);
+    - no message at all: the exception's type."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    if not lines:
+        return type(e).__name__
+    if any(x.startswith("Traceback (most recent call last)") for x in lines):
+        return lines[-1]
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1][:200]}"
+    return lines[0]
