@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint format bench clean
+.PHONY: install repro test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ repro: install
 test: install
 	pytest -q -n 2 --dist loadfile -m "not alone"
 	pytest -q -m alone
+
+# The edit loop: everything but the end-to-end runs of real processes (marked slow: DVC, Ray,
+# DDP, killed and resumed runs), under 2 minutes on 2 cores. CI runs `make test`.
+test-fast: install
+	pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: install
 	ruff check .

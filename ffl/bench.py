@@ -489,7 +489,7 @@ def main(argv=None) -> dict:
     try:
         return run(args)
     except SettingError as e:  # a step mode a method cannot run (--compile with an eager method)
-        p.error(f"--{e.key.removeprefix('train.').replace('_', '-')}: {e.reason}")
+        p.error(f"--{e.key.replace('_', '-')}: {e.reason}")
 
 
 if __name__ == "__main__":

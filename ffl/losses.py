@@ -27,6 +27,18 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
+def ce_terms(logits: list[torch.Tensor], targets: torch.Tensor, weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """``{"ce_sub<i>": weight * CE}`` for every sub-network's logits: the loss terms (and the
+    curves' names, train/loss/ce_sub0 ...) every method has."""
+    return {f"ce_sub{i}": weight * cross_entropy(z, targets) for i, z in enumerate(logits)}
+
+
+def kd_weight(settings, epoch, weight: float):
+    """A KD term's weight at ``epoch``: ``weight`` times the method's sigmoid ramp-up
+    (``settings.rampup_epochs``). One product, so that every method ramps its KD terms alike."""
+    return sigmoid_rampup(epoch, settings.rampup_epochs) * weight
+
+
 def sigmoid_rampup(epoch, length: float):
     """exp(-5 (1 - min(e, R)/R)^2): the mean-teacher ramp-up that ONE and FFL weigh KD with.
 

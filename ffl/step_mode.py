@@ -45,38 +45,32 @@ def step_mode(
         # (DML's peers in turn) runs its networks outside that forward.
         if own:
             raise SettingError(
-                "train.processes",
+                "processes",
                 f"{name}'s step updates the networks several times per batch, which DDP cannot split over "
                 f"processes: train with one process, or choose the method's one-update step",
             )
         # A captured step would hold the gradient all-reduce inside a CUDA graph: not attempted.
         if cuda_graph is True:
-            raise SettingError("train.cuda_graph", "the whole-step graph runs in one process: set it to auto or false")
+            raise SettingError("cuda_graph", "the whole-step graph runs in one process: set it to auto or false")
         if compile in COMPILE_MODES_WITH_GRAPHS:
-            raise SettingError("train.compile", f"{compile} brings CUDA graphs, not used under DDP: use default or off")
+            raise SettingError("compile", f"{compile} brings CUDA graphs, not used under DDP: use default or off")
         cuda_graph = False
     explicit = compile not in ("auto", "off", None)
     if explicit and not static:
-        raise SettingError("train.compile", f"{name} decides each step in Python: it trains eagerly (off)")
+        raise SettingError("compile", f"{name} decides each step in Python: it trains eagerly (off)")
     if explicit and own:
-        raise SettingError(
-            "train.compile", f"{name}'s step updates the networks several times per batch: set it to off"
-        )
+        raise SettingError("compile", f"{name}'s step updates the networks several times per batch: set it to off")
     if cuda_graph is True:
         if not static:
-            raise SettingError("train.cuda_graph", f"{name} decides each step in Python: set it to auto or false")
+            raise SettingError("cuda_graph", f"{name} decides each step in Python: set it to auto or false")
         if precision == "fp16":
             raise SettingError(
-                "train.cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"
+                "cuda_graph", "fp16's loss scaler syncs with the host every step: use precision bf16 or fp32"
             )
         if compile in COMPILE_MODES_WITH_GRAPHS:
-            raise SettingError(
-                "train.compile", f"{compile} brings its own CUDA graphs: use default or off with cuda_graph"
-            )
+            raise SettingError("compile", f"{compile} brings its own CUDA graphs: use default or off with cuda_graph")
         if device_type is not None and device_type != "cuda":
-            raise SettingError(
-                "train.cuda_graph", f"true needs a CUDA device, this run is on {device_type} (set it to auto)"
-            )
+            raise SettingError("cuda_graph", f"true needs a CUDA device, this run is on {device_type} (set it to auto)")
     if device_type is None:
         return StepMode(None, None)
     cuda = device_type == "cuda"

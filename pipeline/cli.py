@@ -99,7 +99,9 @@ def stage(fn):
             from ffl.errors import SettingError  # (ffl loads torch: not at every command's start)
 
             if isinstance(e, SettingError):  # a setting the library refused: the params' key named
-                fail(str(e), 2)
+                from pipeline.params.schema import params_key
+
+                fail(f"{params_key(e.key)}: {e.reason}", 2)
             if (reason := resource_exhausted(e)) is None:
                 raise  # a bug: its traceback is what a report needs
             fail(reason, 1)

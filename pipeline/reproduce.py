@@ -29,21 +29,18 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, ValidationError, model_validator
 
 from ffl.errors import one_line
 from pipeline.errors import Interrupted, ParamsError, TrainingFailed, UserError
 from pipeline.params import Params, apply_overrides, read_yaml, validate
+from pipeline.params.base import Section
 from pipeline.params.schema import ReproduceParams
 
 TABLES = Path("configs/tables.yaml")
 # What `ffl reproduce --dry-run` estimates from: each method's measured step (`ffl bench --methods`).
 THROUGHPUT = Path("configs/gpu_throughput.yaml")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 # Table and row names make experiment names (git refs) and report file names: plain words only.
@@ -56,13 +53,13 @@ def _no_seed(changes: list[str]) -> list[str]:
     return changes
 
 
-class Row(_Strict):
+class Row(Section):
     set: Annotated[list[str], AfterValidator(_no_seed)] = Field(default_factory=list)
     # metric of metrics/test.json (top1_err.fused) -> the paper's number; empty in a table of our own
     paper: dict[str, float] = Field(default_factory=dict)
 
 
-class Table(_Strict):
+class Table(Section):
     title: str
     base: str
     set: Annotated[list[str], AfterValidator(_no_seed)] = Field(default_factory=list)
@@ -223,7 +220,7 @@ def flops_per_image(p: Params) -> float:
     return float(counter.get_total_flops())
 
 
-class Throughput(_Strict):
+class Throughput(Section):
     gpu: str
     date: str
     torch: str

@@ -16,11 +16,13 @@ run = sh
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A copy of this project with tiny params, as a git + DVC repository."""
+    """A copy of this project with tiny params, as a git + DVC repository, its pipeline run once and
+    committed: the baseline every test starts from (none relies on another having run)."""
     raw = tiny_params()
     raw["tune"] = temperature_search()
     d = project_repo(tmp_path_factory.mktemp("repo"), raw, ignore="__pycache__/\n/tune/ray/\n")
     run("dvc repro -q", d)
+    run("git add -A && git commit -qm baseline", d)
     return Path(d)
 
 
@@ -50,7 +52,7 @@ def test_dvc_repro_produces_metrics_plots_and_the_model_artifact(repo):
 
 
 def test_dvc_exp_run_with_set_params_is_versioned(repo):
-    run("git add -A && git commit -qm baseline", repo)
+    run("git checkout -- . && git clean -fdq dvclive && dvc checkout -q", repo)  # the committed baseline
     run(["dvc", "exp", "run", "-q", "-n", "dml-exp", "-S", "method.name=dml", "-S", "train.epochs=1", "evaluate"], repo)
     table = json.loads(run("dvc exp show --json", repo))
     text = json.dumps(table)
@@ -84,9 +86,12 @@ def test_the_readme_compact_view_of_experiments(repo):
     readme = (ROOT / "README.md").read_text()
     line = next(x for x in readme.splitlines() if x.startswith("ffl exps"))
     command = line.split("  #")[0].strip()
+    run(
+        ["dvc", "exp", "run", "-q", "-n", "view-exp", "-S", "method.name=dml", "-S", "train.epochs=1", "evaluate"], repo
+    )
     shown = run(f"COLUMNS=300 {command}", repo)
     assert max(len(x) for x in shown.splitlines()) <= 120
-    row = next(x.split() for x in shown.splitlines() if x.split()[:1] == ["dml-exp"])
+    row = next(x.split() for x in shown.splitlines() if x.split()[:1] == ["view-exp"])
     assert row[1:5] == ["dml", "resnet8+resnet8", "0", "ensemble"]
 
 

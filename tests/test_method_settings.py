@@ -159,7 +159,7 @@ def test_the_methods_docs_page_is_generated_from_the_declarations():
 
 
 def test_importing_ffl_loads_no_dvc_ray_typer_or_pydantic():
-    code = "import sys, ffl; bad = [m for m in ('dvc', 'ray', 'typer', 'dvclive') if m in sys.modules]; print(bad)"
+    code = "import sys, ffl; print([m for m in ('dvc', 'ray', 'typer', 'dvclive', 'pydantic') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -181,3 +181,17 @@ def test_ffl_methods_shows_every_method_in_a_line_and_one_in_full():
     assert "Known differences from the original" in one.output and "method.ffl." not in one.output
     wrong = runner.invoke(app, ["methods", "fll"])
     assert wrong.exit_code == 2 and "no method 'fll'; the methods are dml, dualnet, ffl" in wrong.output
+
+
+def test_a_model_file_saved_before_methods_owned_their_settings_loads_as_the_same_run():
+    """Model files of the time when settings were flat keyword arguments: each method reads its own."""
+    from ffl.methods import build_method
+
+    old = {"method": "ffl", "archs": ["resnet8"] * 2, "num_classes": 10, "shared": True}
+    ffl = build_method(old | {"temperature": 2.0, "ekd_weight": 0.5, "fusion_kernel_size": 1, "finetune_fraction": 0})
+    assert ffl.settings.temperature == 2.0 and ffl.settings.ekd.weight == 0.5 and ffl.settings.ekd.enabled
+    assert ffl.settings.fusion.kernel_size == 1
+    dml = build_method(old | {"method": "dml", "shared": False, "kd_weight": 2.0, "epochs": 300})
+    assert dml.settings.kd_weight == 2.0 and dml.settings.update == "joint"  # what the old DML did
+    vanilla = {"method": "vanilla", "archs": ["resnet8"], "shared": False, "ce_weight": 1.0}
+    assert build_method(old | vanilla).name == "vanilla"

@@ -87,7 +87,7 @@ def test_the_leader_exports_alone():
 
 
 def test_an_attention_factor_above_the_channels_is_refused():
-    from ffl.methods.settings import MethodConfigError
+    from ffl.errors import SettingError
 
-    with pytest.raises(MethodConfigError, match="more than resnet8's 64 feature channels"):
+    with pytest.raises(SettingError, match="more than resnet8's 64 feature channels"):
         OKDDip(["resnet8"] * 3, num_classes=3, attention_factor=65)

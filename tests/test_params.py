@@ -15,6 +15,37 @@ def test_the_shipped_params_files_are_valid():
     assert ffl.fusion.weight_decay == 1e-5 and full.train.nesterov and ffl.temperature == 3 and ffl.rampup_epochs == 80
 
 
+def test_a_recipe_is_params_yaml_with_its_own_keys_laid_over(tmp_path):
+    """configs/*.yaml are overlays: what params.yaml gains (a new method's section, a search
+    dimension) reaches every recipe, and a recipe changes only the keys it names."""
+    from ffl.config_diff import differences
+    from pipeline.params import read_yaml
+
+    base = read_yaml(ROOT / "params.yaml")
+    paper = read_yaml(ROOT / "configs/cifar100_resnet32.yaml")
+    changed = {key for key, _, _ in differences(base, paper)}
+    assert "train.epochs" in changed and "model.arch" in changed
+    assert not any(k.startswith(("method.dml.", "method.kdcl.", "train.lr", "seed")) for k in changed)
+    assert (
+        paper["tune"]["space"]["method"]["dml"]["temperature"] == base["tune"]["space"]["method"]["dml"]["temperature"]
+    )
+    # An overlay of an overlay, relative to its own folder; a base that leads back is refused.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/short.yaml").write_text(f"base: {ROOT / 'configs/cifar100_resnet32.yaml'}\ntrain: {{epochs: 3}}\n")
+    short = load_params(tmp_path / "a/short.yaml")
+    assert short.train.epochs == 3 and short.train.batch_size == 128 and short.data.source == "cifar100"
+    (tmp_path / "x.yaml").write_text("base: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(ParamsError, match="its bases lead back to themselves"):
+        load_params(tmp_path / "x.yaml")
+    (tmp_path / "z.yaml").write_text("base: [params.yaml]\n")
+    with pytest.raises(ParamsError, match="base is the path of the params file this one changes"):
+        load_params(tmp_path / "z.yaml")
+    (tmp_path / "w.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ParamsError, match=r"missing\.yaml: params file not found"):
+        load_params(tmp_path / "w.yaml")
+
+
 def test_exponent_floats_are_numbers_as_in_dvc():
     p = validate(
         apply_overrides(tiny_params(), ["train.lr=1e-3", "train.weight_decay=5e-4", "method.ffl.temperature=4"])

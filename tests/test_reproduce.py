@@ -32,8 +32,10 @@ def test_every_preset_row_trains_an_epoch(table, row, monkeypatch):
     full = validate(rp.row_raw(TABLES[table], row))  # the row as it runs on its own data
     if TABLES[table].rows[row].paper:  # a table of the paper: the authors' protocol and schedule
         assert full.data.protocol == "paper"
-        if full.data.source.startswith("cifar"):
-            assert full.train.epochs == 300
+        schedule = {"cifar10": 300, "cifar100": 300, "imagenet": 90}
+        assert full.train.epochs == schedule[full.data.source], full.data.source
+    else:  # a table of our own (cifar10-cpu): one recipe for every row, compared with its vanilla row
+        assert "vanilla" in TABLES[table].rows and full.data.source == "cifar10"
     for key in TABLES[table].rows[row].paper:  # every paper number names a classifier the row reports
         clf = key.split(".")[1]
         assert clf in [*full.method_class.outputs(len(full.archs()), full.settings()), "sub_mean"], key
@@ -134,6 +136,7 @@ def experiments(repo, what="metrics") -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     import ray
 
@@ -199,6 +202,7 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     assert json.loads((repo / "reports/cifar100-ablation.json").read_text())["rows"][0]["runs"] == [name]
 
 
+@pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch, tmp_path):
     tables = yaml.safe_load((ROOT / "configs/tables.yaml").read_text())
     table = tables["cifar100-ablation"]
@@ -217,6 +221,7 @@ def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch,
     assert "t-C-s0" in experiments(repo) and "t-diverges-s0" not in experiments(repo)
 
 
+@pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_a_rows_seeds_trained_as_one_model_are_recorded_as_each_run_alone(repo, monkeypatch, tmp_path):
     """reproduce.stack_seeds: the seeds of a row train as one model (ffl.stacked), and each is
     recorded with the model, curves and metrics it gets when it runs alone."""
@@ -265,6 +270,7 @@ def flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+@pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_uncommitted_code_is_refused_before_any_run(repo, monkeypatch):
     (Path(repo) / "ffl/extra.py").write_text("# an uncommitted change\n")
     try:
@@ -274,6 +280,7 @@ def test_uncommitted_code_is_refused_before_any_run(repo, monkeypatch):
         (Path(repo) / "ffl/extra.py").unlink()
 
 
+@pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_a_recorded_run_applies_like_any_experiment(repo, monkeypatch):
     """`dvc exp apply` brings a run's model back from the cache it was recorded into."""
     run("dvc exp apply cifar100-ablation-A-s1", repo)
@@ -284,6 +291,7 @@ def test_a_recorded_run_applies_like_any_experiment(repo, monkeypatch):
     run("git checkout -- . && git clean -fdq", repo)
 
 
+@pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_report_checks_every_table_and_key_before_writing(repo, monkeypatch):
     monkeypatch.chdir(repo)
     code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", "nosuch")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ffl.errors import SettingError
 from ffl.methods.base import Method
 from ffl.methods.registry import METHODS, build_method, method_class, register_method
-from ffl.methods.settings import MethodConfigError
 
 _INFRASTRUCTURE = {"base", "registry", "settings"}
 for _module in pkgutil.iter_modules(__path__):
@@ -23,4 +23,4 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["METHODS", "Method", "MethodConfigError", "build_method", "method_class", "register_method"]
+__all__ = ["METHODS", "Method", "SettingError", "build_method", "method_class", "register_method"]

@@ -48,8 +48,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ffl.errors import SettingError
 from ffl.methods import settings as settings_mod
-from ffl.methods.settings import MethodConfigError
 from ffl.models.subnetworks import SubNetworks, check_fusable
 
 
@@ -95,25 +95,32 @@ class Method(nn.Module):
                 return len(set(archs)) == 1
             return cls.sharing == "shared"
         if shared and cls.sharing == "independent":
-            raise MethodConfigError("shared", f"{cls.name} trains independent networks; set it to auto or false")
+            raise SettingError("shared", f"{cls.name} trains independent networks; set it to auto or false")
         if not shared and cls.sharing == "shared":
-            raise MethodConfigError(
-                "shared", f"{cls.name}'s branches share their low-level layers; set it to auto or true"
-            )
+            raise SettingError("shared", f"{cls.name}'s branches share their low-level layers; set it to auto or true")
         return shared
 
     @classmethod
     def check_config(cls, archs: list[str], shared: bool, settings) -> None:
-        """Everything the method refuses, raised as MethodConfigError naming archs, shared or a setting."""
+        """Everything the method refuses, raised as SettingError naming archs, shared or a setting."""
         low, high = cls.subnets
         n = len(archs)
         if n < low:
-            raise MethodConfigError("archs", f"{cls.name} needs at least {low} sub-networks, got {n}")
+            raise SettingError("archs", f"{cls.name} needs at least {low} sub-networks, got {n}")
         if high is not None and n > high:
-            raise MethodConfigError("archs", f"{cls.name} takes at most {high} sub-networks, got {n}")
+            raise SettingError("archs", f"{cls.name} takes at most {high} sub-networks, got {n}")
         if shared and len(set(archs)) > 1:
-            raise MethodConfigError("shared", f"branches sharing low-level layers need one architecture, got {archs}")
+            raise SettingError("shared", f"branches sharing low-level layers need one architecture, got {archs}")
         cls.check_settings(archs, settings)
+
+    @classmethod
+    def settings_from_flat_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """A model file saved before each method owned a settings section held the settings as flat
+        keyword arguments: the method takes its own out of ``spec`` (the run is the same), and the
+        arguments no method takes any more go. A method of that time overrides it."""
+        for k in ("ce_weight", "epochs", "finetune_fraction"):
+            spec.pop(k, None)
+        return {}
 
     @classmethod
     def check_settings(cls, archs: list[str], settings) -> None:
@@ -121,11 +128,11 @@ class Method(nn.Module):
 
     @staticmethod
     def require_fusable(archs: list[str]) -> None:
-        """For methods that fuse feature maps: their spatial sizes must agree (MethodConfigError on archs)."""
+        """For methods that fuse feature maps: their spatial sizes must agree (SettingError on archs)."""
         try:
             check_fusable(archs)
         except ValueError as e:
-            raise MethodConfigError("archs", str(e)) from None
+            raise SettingError("archs", str(e)) from None
 
     @classmethod
     def outputs(cls, n: int, settings) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
+from ffl.losses import cross_entropy, kd_loss, kd_weight
 from ffl.methods.base import Method, frozen_bn_statistics
 from ffl.methods.registry import register_method
 from ffl.methods.settings import setting
@@ -60,6 +60,13 @@ class DML(Method):
     stackable = True
 
     @classmethod
+    def settings_from_flat_spec(cls, spec: dict) -> dict:
+        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight", "kd_weight") if k in spec}
+        s["update"] = "joint"  # what the old DML did
+        super().settings_from_flat_spec(spec)
+        return s
+
+    @classmethod
     def has_own_step(cls, settings) -> bool:
         return settings.update == "alternating"
 
@@ -71,7 +78,7 @@ class DML(Method):
         kd = sum(kd_loss(student, t, s.temperature) for t in peers) / len(peers)
         return {
             f"ce_sub{i}": s.ce_weight * cross_entropy(student, targets),
-            f"kd_sub{i}": sigmoid_rampup(epoch, s.rampup_epochs) * s.kd_weight * kd,
+            f"kd_sub{i}": kd_weight(s, epoch, s.kd_weight) * kd,
         }
 
     def loss(self, outputs, targets, epoch):

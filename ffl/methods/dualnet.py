@@ -18,10 +18,11 @@ from typing import Literal
 
 import torch
 
+from ffl.errors import SettingError
 from ffl.losses import cross_entropy
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
-from ffl.methods.settings import MethodConfigError, setting
+from ffl.methods.settings import setting
 from ffl.models.registry import backbone_spec
 from ffl.models.subnetworks import Classifier
 
@@ -73,7 +74,7 @@ class DualNet(Method):
     def check_settings(cls, archs, settings):
         cls.require_fusable(archs)
         if len({backbone_spec(a).out_channels for a in archs}) > 1:
-            raise MethodConfigError("archs", "dualnet averages feature maps: their channel counts must match")
+            raise SettingError("archs", "dualnet averages feature maps: their channel counts must match")
 
     @classmethod
     def outputs(cls, n, settings):

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ffl.errors import SettingError
 from ffl.fusion import FusionModule
-from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
+from ffl.losses import ce_terms, cross_entropy, kd_loss, kd_weight
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
-from ffl.methods.settings import MethodConfigError, setting
+from ffl.methods.settings import setting
 
 CODE = "Jangho-Kim/FFL-pytorch"
 
@@ -72,9 +73,22 @@ class FFL(Method):
     stackable = True
 
     @classmethod
+    def settings_from_flat_spec(cls, spec: dict) -> dict:
+        f = {k: spec.pop(k) for k in ("fusion", "fusion_width", "fusion_kernel_size") if k in spec}
+        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight") if k in spec}
+        for term in ("ekd", "fkd"):
+            if term in spec or f"{term}_weight" in spec:
+                s[term] = {"enabled": spec.pop(term, True), "weight": spec.pop(f"{term}_weight", 1.0)}
+        if f:
+            s["fusion"] = {"enabled": f.get("fusion", True), "width": f.get("fusion_width")}
+            s["fusion"]["kernel_size"] = f.get("fusion_kernel_size", 3)
+        super().settings_from_flat_spec(spec)
+        return s
+
+    @classmethod
     def check_settings(cls, archs, settings):
         if settings.ekd.enabled and not settings.fusion.enabled:
-            raise MethodConfigError("ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
+            raise SettingError("ekd.enabled", "EKD distils into the fusion module: it needs fusion.enabled")
         if settings.fusion.enabled:
             cls.require_fusable(archs)
 
@@ -105,14 +119,16 @@ class FFL(Method):
     def loss(self, outputs, targets, epoch):
         s = self.settings
         subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
-        terms = {f"ce_sub{i}": s.ce_weight * cross_entropy(z, targets) for i, z in enumerate(subs)}
+        terms = ce_terms(subs, targets, s.ce_weight)
         terms["ce_fused"] = s.ce_weight * cross_entropy(outputs["fused"], targets)
-        ramp = sigmoid_rampup(epoch, s.rampup_epochs)
         if self.ekd_weight:
-            terms["ekd"] = ramp * self.ekd_weight * kd_loss(outputs["fused"], outputs["ensemble"], s.temperature)
+            ekd = kd_loss(outputs["fused"], outputs["ensemble"], s.temperature)
+            terms["ekd"] = kd_weight(s, epoch, self.ekd_weight) * ekd
         if self.fkd_weight:
             for i, z in enumerate(subs):
-                terms[f"fkd_sub{i}"] = ramp * self.fkd_weight * kd_loss(z, outputs["fused"], s.temperature)
+                terms[f"fkd_sub{i}"] = kd_weight(s, epoch, self.fkd_weight) * kd_loss(
+                    z, outputs["fused"], s.temperature
+                )
         return terms
 
     def fused_features(self, images) -> torch.Tensor:

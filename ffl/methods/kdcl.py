@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
+from ffl.losses import ce_terms, kd_loss, kd_weight
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
 from ffl.methods.settings import setting
@@ -103,8 +103,8 @@ class KDCL(Method):
         subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
         with torch.no_grad():
             teacher = ENSEMBLES[s.ensemble]([z.float() for z in subs], targets)
-        terms = {f"ce_sub{i}": s.ce_weight * cross_entropy(z, targets) for i, z in enumerate(subs)}
-        weight = sigmoid_rampup(epoch, s.rampup_epochs) * s.kd_weight
+        terms = ce_terms(subs, targets, s.ce_weight)
+        weight = kd_weight(s, epoch, s.kd_weight)
         for i, z in enumerate(subs):
             terms[f"kd_sub{i}"] = weight * kd_loss(z, teacher, s.temperature)
         return terms

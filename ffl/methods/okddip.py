@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
+from ffl.errors import SettingError
+from ffl.losses import ce_terms, kd_loss, kd_weight
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
-from ffl.methods.settings import MethodConfigError, setting
+from ffl.methods.settings import setting
 from ffl.models.registry import backbone_spec
 
 CODE = "DefangChen/OKDDip"
@@ -83,7 +84,7 @@ class OKDDip(Method):
     def check_settings(cls, archs, settings):
         channels = backbone_spec(archs[0]).out_channels
         if settings.attention_factor > channels:
-            raise MethodConfigError(
+            raise SettingError(
                 "attention_factor", f"{settings.attention_factor} is more than {archs[0]}'s {channels} feature channels"
             )
 
@@ -112,8 +113,8 @@ class OKDDip(Method):
     def loss(self, outputs, targets, epoch):
         s = self.settings
         n = self.num_subnets
-        terms = {f"ce_sub{i}": s.ce_weight * cross_entropy(outputs[f"sub{i}"], targets) for i in range(n)}
-        weight = sigmoid_rampup(epoch, s.rampup_epochs) * s.kd_weight
+        terms = ce_terms([outputs[f"sub{i}"] for i in range(n)], targets, s.ce_weight)
+        weight = kd_weight(s, epoch, s.kd_weight)
         teachers = outputs["_peer_teachers"]
         for i in range(n - 1):
             terms[f"kd_sub{i}"] = weight * kd_loss(outputs[f"sub{i}"], teachers[:, i], s.temperature, teacher_grad=True)

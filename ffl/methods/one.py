@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
+from ffl.losses import ce_terms, cross_entropy, kd_loss, kd_weight
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
 from ffl.methods.settings import setting
@@ -66,6 +66,12 @@ class ONE(Method):
     default_subnets = 3
     sharing = "shared"
 
+    @classmethod
+    def settings_from_flat_spec(cls, spec: dict) -> dict:
+        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight", "kd_weight") if k in spec}
+        super().settings_from_flat_spec(spec)
+        return s
+
     def __init__(self, archs, num_classes, shared=None, settings=None, **kwargs):
         super().__init__(archs, num_classes, shared, settings, **kwargs)
         self.gate = Gate(self.net.low_channels, len(archs))
@@ -87,9 +93,8 @@ class ONE(Method):
     def loss(self, outputs, targets, epoch):
         s = self.settings
         subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
-        terms = {f"ce_sub{i}": s.ce_weight * cross_entropy(z, targets) for i, z in enumerate(subs)}
+        terms = ce_terms(subs, targets, s.ce_weight)
         terms["ce_ensemble"] = s.ce_weight * cross_entropy(outputs["ensemble"], targets)
-        ramp = sigmoid_rampup(epoch, s.rampup_epochs)
         for i, z in enumerate(subs):
-            terms[f"kd_sub{i}"] = ramp * s.kd_weight * kd_loss(z, outputs["ensemble"], s.temperature)
+            terms[f"kd_sub{i}"] = kd_weight(s, epoch, s.kd_weight) * kd_loss(z, outputs["ensemble"], s.temperature)
         return terms

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ffl.losses import cross_entropy, kd_loss, sigmoid_rampup
+from ffl.losses import ce_terms, cross_entropy, kd_loss, kd_weight
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
 from ffl.methods.settings import setting
@@ -122,12 +122,12 @@ class PCL(Method):
         n = self.num_subnets
         subs = [outputs[f"sub{i}"] for i in range(n)]
         terms = {"ce_ensemble": s.ce_weight * cross_entropy(outputs["ensemble"], targets)}
-        terms |= {f"ce_sub{i}": s.ce_weight * cross_entropy(z, targets) for i, z in enumerate(subs)}
-        w = sigmoid_rampup(epoch, s.rampup_epochs)
+        terms |= ce_terms(subs, targets, s.ce_weight)
         for j, z in enumerate(subs):
-            terms[f"kd_ensemble_sub{j}"] = w * s.ensemble_weight * kd_loss(z, outputs["ensemble"], s.temperature)
+            ensemble = kd_loss(z, outputs["ensemble"], s.temperature)
+            terms[f"kd_ensemble_sub{j}"] = kd_weight(s, epoch, s.ensemble_weight) * ensemble
             means = [kd_loss(z, outputs[f"mean{k}"], s.temperature) for k in range(n) if k != j]
-            terms[f"kd_mean_sub{j}"] = w * s.mean_weight * sum(means) / len(means)
+            terms[f"kd_mean_sub{j}"] = kd_weight(s, epoch, s.mean_weight) * sum(means) / len(means)
         return terms
 
     @torch.no_grad()

@@ -15,30 +15,6 @@ def register_method(cls):
     return cls
 
 
-def _legacy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Specs saved before methods owned a settings section (flat keyword arguments): same runs."""
-    if name == "ffl":
-        f = {k: spec.pop(k) for k in ("fusion", "fusion_width", "fusion_kernel_size") if k in spec}
-        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight") if k in spec}
-        for term in ("ekd", "fkd"):
-            if term in spec or f"{term}_weight" in spec:
-                s[term] = {"enabled": spec.pop(term, True), "weight": spec.pop(f"{term}_weight", 1.0)}
-        if f:
-            s["fusion"] = {"enabled": f.get("fusion", True), "width": f.get("fusion_width")}
-            s["fusion"]["kernel_size"] = f.get("fusion_kernel_size", 3)
-        return s
-    keep = {
-        "dml": ("temperature", "rampup_epochs", "ce_weight", "kd_weight"),
-        "one": ("temperature", "rampup_epochs", "ce_weight", "kd_weight"),
-    }
-    s = {k: spec.pop(k) for k in keep.get(name, ()) if k in spec}
-    if name == "dml":
-        s["update"] = "joint"  # what the old DML did
-    for k in ("ce_weight", "epochs", "finetune_fraction"):
-        spec.pop(k, None)
-    return s
-
-
 def method_class(name: str) -> type:
     """The registered class of ``name`` (``METHODS[name]`` with a message naming the known ones)."""
     if name not in METHODS:
@@ -50,6 +26,6 @@ def build_method(spec: dict[str, Any]):
     """Rebuilds a method from the ``spec()`` saved with it."""
     spec = dict(spec)
     cls = method_class(spec.pop("method"))
-    if "settings" not in spec:
-        spec["settings"] = _legacy(cls.name, spec)
+    if "settings" not in spec:  # saved before each method owned a settings section
+        spec["settings"] = cls.settings_from_flat_spec(spec)
     return cls(**spec)

@@ -13,14 +13,7 @@ import math
 import typing
 from typing import Any, Literal, get_args, get_origin
 
-
-class MethodConfigError(ValueError):
-    """A method refused its configuration. ``key`` says what: ``archs``, ``shared``, or a setting's
-    dotted path inside the method's own settings (``fusion.kernel_size``)."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"{key}: {reason}")
-        self.key, self.reason = key, reason
+from ffl.errors import SettingError
 
 
 def setting(
@@ -52,7 +45,7 @@ def is_settings(tp) -> bool:
 
 
 def check(settings, prefix: str = "") -> None:
-    """Bounds, choices and types of every field (nested sections included); MethodConfigError names the key."""
+    """Bounds, choices and types of every field (nested sections included); SettingError names the key."""
     types = hints(type(settings))
     for f in dataclasses.fields(settings):
         key, value, tp = prefix + f.name, getattr(settings, f.name), types[f.name]
@@ -62,22 +55,22 @@ def check(settings, prefix: str = "") -> None:
         allowed = get_args(tp) if get_origin(tp) is Literal else None
         if allowed is not None:
             if value not in allowed:
-                raise MethodConfigError(key, f"expected one of {', '.join(map(str, allowed))}, got {value!r}")
+                raise SettingError(key, f"expected one of {', '.join(map(str, allowed))}, got {value!r}")
             continue
         if value is None or isinstance(value, bool):
             continue
         if isinstance(value, int | float):
             if not math.isfinite(value):
-                raise MethodConfigError(key, f"must be a finite number, got {value}")
+                raise SettingError(key, f"must be a finite number, got {value}")
             b = f.metadata.get("bounds", {})
             tests = {"ge": value >= b.get("ge", -math.inf), "gt": value > b.get("gt", -math.inf)}
             tests |= {"le": value <= b.get("le", math.inf), "lt": value < b.get("lt", math.inf)}
             for name, ok in tests.items():
                 if name in b and not ok:
                     words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}[name]
-                    raise MethodConfigError(key, f"must be {words} {b[name]}, got {value}")
+                    raise SettingError(key, f"must be {words} {b[name]}, got {value}")
             if f.metadata.get("odd") and value % 2 == 0:
-                raise MethodConfigError(key, f"must be odd, got {value}")
+                raise SettingError(key, f"must be odd, got {value}")
 
 
 def build(cls, values: Any = None, **overrides):
@@ -90,7 +83,7 @@ def build(cls, values: Any = None, **overrides):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise MethodConfigError(unknown[0], f"unknown setting (known: {', '.join(sorted(names))})")
+        raise SettingError(unknown[0], f"unknown setting (known: {', '.join(sorted(names))})")
     types = hints(cls)
     kwargs = {
         k: build(types[k], v) if is_settings(types[k]) and not isinstance(v, types[k]) else v for k, v in data.items()

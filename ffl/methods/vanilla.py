@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ffl.losses import cross_entropy
+from ffl.losses import ce_terms
 from ffl.methods.base import Method
 from ffl.methods.registry import register_method
 
@@ -20,4 +20,4 @@ class Vanilla(Method):
         return self.named_subnets(self.net(images)[1])
 
     def loss(self, outputs, targets, epoch):
-        return {f"ce_sub{i}": cross_entropy(outputs[f"sub{i}"], targets) for i in range(self.num_subnets)}
+        return ce_terms([outputs[f"sub{i}"] for i in range(self.num_subnets)], targets)

@@ -5,6 +5,7 @@ and validation into the typed ``Params``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML, YAMLError
 
 from ffl.errors import one_line
+from ffl.methods import METHODS
 from pipeline.errors import ParamsError
 from pipeline.params.schema import MISSING, Params, check_consistency
 
@@ -42,12 +44,20 @@ MOVED = {
 REMOVED = {"tune.mode": "removed: tune.metric is a top-1 error (val/top1_err/...), always minimised"}
 
 
+def _owner(method: str, new: str) -> str:
+    """The method whose section an old shared key moved to: the selected one where it declares
+    that setting, else FFL (whose settings the shared keys first were)."""
+    setting = new.split(".")[2] if new.count(".") >= 2 else ""
+    cls = METHODS.get(method)
+    declared = {f.name for f in dataclasses.fields(cls.Settings)} if cls is not None else set()
+    return method if setting in declared else "ffl"
+
+
 def moved_to(key: str, method: str) -> str | None:
     """The new key of an old one (``fusion.width`` -> ``method.ffl.fusion.width``), or None."""
     for old, new in MOVED.items():
         if key == old or key.startswith(old + "."):
-            target = new.format(name=method if method in ("ffl", "dml", "one") else "ffl")
-            return target + key[len(old) :]
+            return new.format(name=_owner(method, new)) + key[len(old) :]
     return None
 
 
@@ -138,8 +148,37 @@ def expanded_size(node, memo: dict | None = None) -> int:
     return size
 
 
-def read_yaml(path: str | Path) -> dict:
+BASE = "base"  # an overlay's params file, relative to the overlay's own folder
+MAX_BASES = 8
+
+
+def read_yaml(path: str | Path, _within: tuple[Path, ...] = ()) -> dict:
+    """A params file as a dict. A file with a top-level ``base`` is an overlay: the base file (a
+    path relative to the overlay's folder, itself possibly an overlay), with the overlay's keys
+    laid over it section by section (configs/*.yaml are the paper's recipes over params.yaml)."""
     path = Path(path)
+    raw = _read_file(path)
+    base = raw.pop(BASE, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ParamsError(BASE, f"{path}: base is the path of the params file this one changes, got {base!r}")
+    target = path.parent / base
+    if target.resolve() in (*_within, path.resolve()) or len(_within) >= MAX_BASES:
+        raise ParamsError(BASE, f"{path}: its bases lead back to themselves or go deeper than {MAX_BASES}")
+    return overlay(read_yaml(target, (*_within, path.resolve())), raw)
+
+
+def overlay(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = overlay(out[key], value) if both else value
+    return out
+
+
+def _read_file(path: Path) -> dict:
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end

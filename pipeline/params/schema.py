@@ -15,9 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     create_model,
@@ -25,11 +23,12 @@ from pydantic import (
 )
 
 from ffl.errors import SettingError
-from ffl.methods import METHODS, MethodConfigError
+from ffl.methods import METHODS
 from ffl.methods import settings as method_settings
 from ffl.models import backbone_spec
 from ffl.step_mode import COMPILE_MODES, step_mode
 from pipeline.errors import ParamsError
+from pipeline.params.base import Section
 from pipeline.params.search import TuneParams
 
 # Every float in params must be finite: an .inf learning rate or temperature is never meant.
@@ -38,10 +37,6 @@ NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 MISSING = "required key is missing (the repository's params.yaml lists every key)"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ShapesParams(Section):
@@ -290,12 +285,17 @@ class Params(Section):
         )
 
 
-def _method_key(p: Params, key: str) -> str:
+def params_key(key: str, p: Params | None = None) -> str:
+    """The params key of a SettingError's key, which the library words in its own terms: a
+    training option (``compile``), the networks (``archs``, ``shared``) or a setting of the method
+    (``fusion.kernel_size``). The one translation from the library's names to params.yaml's."""
+    if key in TrainParams.model_fields:
+        return f"train.{key}"
     if key == "archs":
-        return "model.archs" if p.model.archs is not None else "model.subnets"
+        return "model.archs" if p is None or p.model.archs is not None else "model.subnets"
     if key == "shared":
         return "model.shared"
-    return f"method.{p.method.name}.{key}"
+    return f"method.{p.method.name}.{key}" if p is not None else f"method settings: {key}"
 
 
 def check_consistency(p: Params) -> None:
@@ -312,8 +312,8 @@ def check_consistency(p: Params) -> None:
         settings = p.settings()
         shared = p.shared()
         cls.check_config(archs, shared, settings)
-    except MethodConfigError as e:
-        raise ParamsError(_method_key(p, e.key), e.reason) from None
+    except SettingError as e:
+        raise ParamsError(params_key(e.key, p), e.reason) from None
     t = p.train
     if p.data.source == "shapes" and p.data.split_fraction():
         per_class = p.data.shapes.train_per_class
@@ -323,7 +323,7 @@ def check_consistency(p: Params) -> None:
     try:
         step_mode(cls, settings, device_type, t.precision, t.compile, t.cuda_graph, t.processes)
     except SettingError as e:
-        raise ParamsError(e.key, e.reason) from None
+        raise ParamsError(params_key(e.key, p), e.reason) from None
     if t.batch_size % t.processes:
         raise ParamsError(
             "train.batch_size",

@@ -1,21 +1,17 @@
-"""The search space of `ffl tune` (``tune`` section): its schema, parsed once into dimensions, and
-checked against the params schema before Ray starts."""
+"""The search space of `ffl tune` (``tune`` section): its schema, parsed once into dimensions
+(pipeline/params/tuning.py checks it against the params schema before Ray starts)."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
+from pipeline.params.base import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-
-class Dimension(_Section):
+class Dimension(Section):
     """One dimension of the search space: its kind and bounds (or choices)."""
 
     type: Literal["uniform", "loguniform", "int", "logint", "choice"]
@@ -48,13 +44,13 @@ class Dimension(_Section):
         return [self.low, self.high]
 
 
-class SchedulerParams(_Section):
+class SchedulerParams(Section):
     name: Literal["asha", "median", "fifo"]
     grace_period: int = Field(ge=1)  # epochs every trial runs before it can be stopped
     reduction_factor: float = Field(gt=1)
 
 
-class ResourcesParams(_Section):
+class ResourcesParams(Section):
     cpu: float = Field(gt=0)
     gpu: float = Field(ge=0)  # a fraction shares one GPU between trials: 0.25 = four at once
 
@@ -83,7 +79,7 @@ def _parse_space(space: dict) -> dict[str, Dimension]:
     return out
 
 
-class TuneParams(_Section):
+class TuneParams(Section):
     trials: int = Field(ge=1)
     metric: str  # on the validation split, never the test split; minimised; auto: tune_metric
     sampler: Literal["tpe", "random"]
@@ -121,44 +117,3 @@ class TuneParams(_Section):
             for k, d in self._dims.items()
             if not (k.startswith("method.") and k.split(".")[1] in set(METHODS) - {method})
         }
-
-
-def tune_metric(p) -> str:
-    """What a search minimises: ``tune.metric``, where ``auto`` is the validation error of the
-    classifier the running method deploys (FFL's fused, DML's ensemble, ...)."""
-    if p.tune.metric != "auto":
-        return p.tune.metric
-    return f"val/top1_err/{p.method_class.deployed(len(p.archs()), p.settings())}"
-
-
-def check_tune(p, raw: dict) -> None:
-    """The search, checked before Ray starts: the metric exists, every dimension is a param whose
-    edge values the schema accepts."""
-    from pipeline.params.loading import moved_to, set_dotted, validate
-    from pipeline.params.schema import method_outputs
-
-    t = p.tune
-    metrics = [f"val/top1_err/{o}" for o in method_outputs(p)]
-    if tune_metric(p) not in metrics:
-        raise ParamsError("tune.metric", f"{p.method.name} reports {', '.join(metrics)} (or auto); got {t.metric!r}")
-    if p.data.split_fraction() == 0:
-        raise ParamsError(
-            "data.val_fraction", "tuning scores trials on the validation split: it must be > 0 (protocol clean)"
-        )
-    if not t.dimensions(p.method.name):
-        where = f"tune.space.method.{p.method.name}"
-        raise ParamsError("tune.space", f"the search space is empty for {p.method.name} (its section: {where})")
-    for key, dim in t.dimensions(p.method.name).items():
-        if key.split(".")[0] in ("tune", "evaluate"):
-            raise ParamsError(f"tune.space.{key}", "only training params can be searched")
-        if key == "train.processes":
-            raise ParamsError(f"tune.space.{key}", "a trial is one process (tune.resources): it cannot be searched")
-        new = moved_to(key, p.method.name)
-        if new:
-            raise ParamsError(f"tune.space.{key}", f"moved to tune.space.{new}")
-        for value in dim.points():
-            try:
-                validate(set_dotted(copy.deepcopy(raw), key, value))
-            except ParamsError as e:
-                reason = "not a param" if e.reason.startswith("unknown key") else f"{value!r} is refused ({e})"
-                raise ParamsError(f"tune.space.{key}", reason) from None
