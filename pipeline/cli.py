@@ -207,15 +207,15 @@ def tune(
 
     overrides = list(set_ or []) + ([f"tune.trials={trials}"] if trials is not None else [])
     if preset is not None:
-        from pipeline import reproduce as rp
+        from pipeline.tables import load_tables, pick, row_raw
 
         name, _, row = preset.partition("/")
         if not row:
             raise UserError(f"--preset: {preset!r} is not TABLE/ROW (cifar10-cpu/ffl)")
-        table, rows = rp.pick(rp.load_tables(tables), name, None)
+        table, rows = pick(load_tables(tables), name, None)
         if row not in rows:
             raise UserError(f"--preset: {name} has no row {row!r}; its rows are {', '.join(rows)}")
-        base = rp.row_raw(table, row)
+        base = row_raw(table, row)
     else:
         base = read_yaml(params)
     raw = apply_overrides(base, overrides)
@@ -293,13 +293,17 @@ def reproduce(
     continues an interrupted reproduction; a failed run is reported and the others go on.
     -S applies to every run (and `ffl report` needs the same -S to find them). Packing, CPUs per
     run and stacked seeds: the reproduce section of the params file (--params), -S included."""
-    from pipeline import reproduce as rp
+    from pipeline.tables import load_tables, plan
 
-    runs = rp.plan(rp.load_tables(tables), table, rows, seeds, set_ or [])
+    runs = plan(load_tables(tables), table, rows, seeds, set_ or [])
     if dry_run:
-        rp.dry_run(runs, echo=typer.echo)
+        from pipeline.estimate import dry_run as estimate
+
+        estimate(runs, echo=typer.echo)
         return
-    summary = rp.reproduce(runs, _params(params, set_), address=address, echo=typer.echo)
+    from pipeline.reproduce import reproduce as run
+
+    summary = run(runs, _params(params, set_), address=address, echo=typer.echo)
     typer.echo(f"{len(summary['done'])} recorded, {len(summary['skipped'])} recorded before; `ffl report {table}`")
 
 
@@ -337,13 +341,13 @@ def report(
 ):
     """The paper's table beside the runs that reproduce it (mean +- std over seeds, the difference):
     reports/<table>.md, .json and .png, from every DVC experiment whose params are a row's."""
-    from pipeline import reproduce as rp
     from pipeline.report import report as run
+    from pipeline.tables import load_tables, pick, plan
 
-    presets = rp.load_tables(tables)
-    chosen = {name: rp.pick(presets, name, None)[0] for name in table}  # every name checked before writing
+    presets = load_tables(tables)
+    chosen = {name: pick(presets, name, None)[0] for name in table}  # every name checked before writing
     for name in chosen:
-        rp.plan(presets, name, None, [0], set_ or [])  # every row's params valid (-S keys included)
+        plan(presets, name, None, [0], set_ or [])  # every row's params valid (-S keys included)
     for name, preset in chosen.items():
         path, entries = run(name, preset, set_ or [])
         missing = sorted({e["row"] for e in entries if e["mean"] is None})

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from ffl import atomic
 from pipeline.errors import UserError
+from pipeline.experiments import experiments
 from pipeline.params import read_yaml, validate
-from pipeline.reproduce import Table, experiments, identity, resolve_metric, row_metrics, row_raw
+from pipeline.tables import Table, identity, resolve_metric, row_metrics, row_raw
 
 REPORTS = Path("reports")
 

@@ -3,6 +3,7 @@ for, and that its outputs can be written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,3 +42,13 @@ def ensure_writable(*dirs: Path, files: tuple[Path, ...] = ()) -> None:
     for f in files:
         if f.exists() and not f.is_file():
             raise UserError(f"{f}: is a directory or another non-file; move it away")
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)

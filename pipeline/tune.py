@@ -12,105 +12,24 @@ bounds a search in time: trials stop starting when it runs out and the finished 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
-import socket
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import ray
 import ray.tune
-import yaml
 
-from ffl import atomic
-from ffl.callbacks import Callback
-from ffl.config_diff import described, differences, flatten
-from ffl.engine import NonFiniteLoss
-from ffl.errors import one_line
-from pipeline.errors import Interrupted, TrainingFailed, UserError
-from pipeline.params import Params, set_dotted, tune_metric, validate
+from ffl.config_diff import described, differences
+from pipeline.errors import Interrupted, UserError
+from pipeline.params import Params, tune_metric
+from pipeline.ray_cluster import check_files_reach_every_node, check_resources, start_ray
 from pipeline.signals import take_back_terminate
+from pipeline.trials import CLOCK, ReportToTune, distributions, trial, trial_raw  # noqa: F401
+from pipeline.tune_results import TUNE_DIR, scored_on, write_results
 
-TUNE_DIR = Path("tune")
 EXPERIMENT = "search"
-
-
-# The schedulers' clock: epochs the trial has finished, reported by the trial itself (Ray's
-# training_iteration counts reports, and a trial restored from its checkpoint counts again).
-CLOCK = "epochs_done"
-DIVERGED_SCORE = 100.0  # top-1 error (%) of a trial whose loss diverged: the worst, for the sampler
-
-
-class ReportToTune(Callback):
-    """Each epoch: a checkpoint and the epoch's metrics to Ray Tune."""
-
-    def on_epoch_end(self, trainer, epoch, metrics):
-        with tempfile.TemporaryDirectory() as d:
-            atomic.torch_save(trainer.state_dict(epoch + 1), Path(d) / "last.pt")
-            # The node, for a cluster's trials.csv (Ray's own node_ip is one for all simulated nodes).
-            report = dict(metrics) | {CLOCK: epoch + 1, "node": ray.get_runtime_context().get_node_id()[:8]}
-            ray.tune.report(report, checkpoint=ray.tune.Checkpoint.from_directory(d))
-
-
-def trial(config: dict, raw: dict, data, metric: str) -> None:
-    """One trial: the base params with the sampled values, trained and reported epoch by epoch."""
-    import torch
-
-    from pipeline.runtime import resolve_device
-    from pipeline.stages.train import build_trainer
-
-    p = validate(apply_config(raw, config))
-    ctx = ray.tune.get_context()
-    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1) if ctx else 1
-    torch.set_num_threads(max(1, int(cpus)))
-    trainer = build_trainer(p, data, resolve_device(p.train.device), [ReportToTune()])
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is not None:  # a restarted or resumed trial continues from its last epoch
-        with checkpoint.as_directory() as d:
-            trainer.load_checkpoint(Path(d) / "last.pt")
-    try:
-        trainer.fit()
-    except NonFiniteLoss as e:
-        # Ray retries a trial that raises; a divergence is deterministic, so the trial ends here,
-        # failed with its reason. It reports the worst error there is, not NaN: Optuna records NaN
-        # as a failed trial, which TPE ignores and would keep sampling the same region.
-        ray.tune.report({metric: DIVERGED_SCORE, "diverged": str(e), CLOCK: e.epoch})
-
-
-def apply_config(raw: dict, config: dict) -> dict:
-    out = copy.deepcopy(raw)
-    for key, value in config.items():
-        set_dotted(out, key, value)
-    return out
-
-
-def trial_raw(params: Params, raw: dict) -> dict:
-    """The base params every trial starts from, `tune.epochs` as the trial length (a whole params
-    file: the tune section stays, it does not change a training run). A trial is one process on
-    the resources of tune.resources: train.processes (DDP for `ffl train`) is 1 in its params."""
-    base = copy.deepcopy(raw)
-    if params.tune.epochs:
-        set_dotted(base, "train.epochs", params.tune.epochs)
-    set_dotted(base, "train.processes", 1)
-    return base
-
-
-def distributions(params: Params) -> dict:
-    import optuna
-
-    dists = {}
-    for key, d in params.tune.dimensions(params.method.name).items():
-        if d.type == "choice":
-            dists[key] = optuna.distributions.CategoricalDistribution(d.values)
-        elif d.type in ("int", "logint"):
-            dists[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high), log=d.type == "logint")
-        else:
-            dists[key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
-    return dists
 
 
 def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume: bool):
@@ -197,205 +116,6 @@ class Progress(ray.tune.Callback):
         self._line(trials, trial, "failed")
 
 
-# -- results -----------------------------------------------------------------------------------
-
-
-def trial_rows(results, params: Params) -> list[dict]:
-    t = params.tune
-    rows = []
-    epochs = t.epochs or params.train.epochs
-    for i, r in enumerate(results):
-        metrics = r.metrics or {}
-        done = metrics.get(CLOCK, 0)
-        if "diverged" in metrics:
-            status = f"failed: {metrics['diverged']}"
-        elif r.error is not None:
-            status = f"failed: {one_line(r.error)[:300]}"
-        else:
-            status = "completed" if done >= epochs else "stopped early"
-        row = {
-            "trial": i,
-            "trial_id": metrics.get("trial_id", r.path.rsplit("/", 1)[-1] if r.path else ""),
-            "status": status,
-            "epochs": done,
-            "score": metrics.get(tune_metric(params), float("nan")),
-            "node": metrics.get("node", ""),
-        }
-        row |= {k: (r.config or {}).get(k) for k in t.dimensions(params.method.name)}
-        row |= {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss/total"))}
-        rows.append(row)
-    return rows
-
-
-def changed_params(base: dict, ran: dict) -> dict[str, str]:
-    """``{dotted key: value}`` for every param of ``ran`` that ``base`` (the params file the search
-    started from) does not hold, values written as `dvc exp run -S` and `ffl train -S` both parse
-    them (JSON: quoted strings, lists without spaces, so that `$(cat ...)` splits them whole)."""
-    now = flatten(ran)
-    return {
-        key: json.dumps(now[key], separators=(",", ":"))
-        for key, _, _ in differences(base, ran, exact_types=True)
-        if key in now and not key.startswith("tune.")
-    }
-
-
-def scored_on(data) -> dict:
-    """What the trials were scored on, said in every result: the validation split, never the test split."""
-    n = len(data.splits["val"]) if "val" in data.splits else 0
-    return {"split": "val", "images": n, "note": "the held-out validation split; the test split is not seen"}
-
-
-def write_results(
-    results,
-    params: Params,
-    raw: dict,
-    out: Path = TUNE_DIR,
-    base: dict | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """tune/ (or ``out``): trials.csv, summary.json (with ``extra``: what the trials were scored on,
-    the wall time, why the search stopped), best_params.yaml, best_overrides.txt and the plots."""
-    import csv
-    import io
-
-    t = params.tune
-    rows = trial_rows(results, params)
-    scored = [r for r in rows if not r["status"].startswith("failed") and math.isfinite(r["score"])]
-    if not scored:
-        # Nothing to rank: tune/ keeps the last search's results, a set that agrees with itself.
-        reasons = sorted({r["status"] for r in rows})
-        raise TrainingFailed(
-            f"none of the {len(rows)} trials finished with a score ({'; '.join(reasons)[:300]}); "
-            f"{out} keeps the results of the last search that did"
-        )
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_text(out / "trials.csv", table.getvalue())
-    summary = {
-        "trials": len(rows),
-        "completed": sum(r["status"] == "completed" for r in rows),
-        "stopped_early": sum(r["status"] == "stopped early" for r in rows),
-        "failed": sum(r["status"].startswith("failed") for r in rows),
-    }
-    best = min(scored, key=lambda r: r["score"])
-    best_config = {k: best[k] for k in t.dimensions(params.method.name)}
-    metric = tune_metric(params)
-    summary |= {"best_trial": best["trial"], "best": {metric: best["score"]}, "best_params": best_config}
-    summary |= extra or {}
-    ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
-    pairs = changed_params(base if base is not None else raw, ran)
-    atomic.write_text(
-        out / "best_params.yaml",
-        f"# What the best of {len(rows)} trials ran ({metric} = {best['score']:.4f}, on the validation split): "
-        f"`ffl train -p {out}/best_params.yaml`.\n"
-        f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: {out}/best_overrides.txt\n"
-        + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
-    )
-    atomic.write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
-    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_plots(rows, params, out / "plots")
-    return summary
-
-
-def write_plots(rows: list[dict], params: Params, out: Path) -> None:
-    """Optuna's history and importance plots, from a study rebuilt from the finished trials."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize")
-    dists = distributions(params)
-    for r in rows:
-        if any(r[k] is None for k in dists):
-            continue  # stopped by the time budget before it was given its values
-        ok = not r["status"].startswith("failed") and math.isfinite(r["score"])
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={k: r[k] for k in dists},
-                distributions=dists,
-                value=r["score"] if ok else None,
-                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
-            )
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    draw(study, "optimization_history", tune_metric(params), out)
-    complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
-    why = None
-    if len(complete) >= 2:
-        try:
-            draw(study, "param_importances", tune_metric(params), out)
-        except (ValueError, RuntimeError) as e:  # e.g. every trial sampled the same values
-            why = str(e)
-    else:
-        why = f"{len(complete)} trial(s) scored; importances need at least 2"
-    if why:
-        atomic.write_text(out / "param_importances.txt", f"not computed: {why}\n")
-
-
-def draw(study, plot: str, metric: str, out: Path) -> None:
-    """One of Optuna's plots twice: a PNG (Optuna's matplotlib backend) for pages and reviews, and
-    the interactive HTML, which loads plotly.js from its CDN instead of embedding its 4.8 MB, so
-    that the results stay small enough to version."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    import optuna.visualization as vis
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = getattr(vis.matplotlib, f"plot_{plot}")(study, target_name=metric)
-    fig = ax.figure
-    fig.set_size_inches(8, 4.5)
-    fig.tight_layout()
-    fig.savefig(out / f"{plot}.png", dpi=100)
-    plt.close(fig)
-    getattr(vis, f"plot_{plot}")(study, target_name=metric).write_html(out / f"{plot}.html", include_plotlyjs="cdn")
-
-
-# -- the command ---------------------------------------------------------------------------------
-
-
-def start_ray(address: str | None) -> None:
-    """Joins the cluster at ``address`` (or starts a local Ray), quietly: Ray's start-up notes (its
-    token-authentication warning, the Tune result table and TensorBoard hint) are not for the
-    person running `ffl`; its errors still come through. One place for tune and reproduce."""
-    import logging
-
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    check_reachable(address)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console reporter: silent at verbose 0
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    # "local", not None, when no cluster is named: with None, Ray joins whatever cluster
-    # /tmp/ray/ray_current_cluster names, a stale one included (a killed `ray start` leaves it,
-    # and the search then hangs waiting on a head that is gone).
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    except ConnectionError as e:  # auto with no cluster on this machine (Ray's own message names flags)
-        raise UserError(
-            f"--address {address}: no running Ray cluster was found ({one_line(e).split('.')[0]}); "
-            "start one with `ray start --head`, or leave --address out for a Ray of this machine alone"
-        ) from None
-
-
-def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
-    """A cluster address that nothing answers on: Ray would retry for minutes; say so at once."""
-    if not address or address in ("auto", "local"):
-        return  # a local Ray, or the one this machine runs (Ray itself says when there is none)
-    host, sep, port = address.split("://")[-1].rpartition(":")
-    if not sep or not port.isdigit():
-        raise UserError(f"--address: {address!r} is not host:port (or auto)")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise UserError(
-            f"--address: no Ray cluster answers at {host}:{port} ({e.strerror or e}); start one with "
-            "`ray start --head`, or check the address (and RAY_ADDRESS)"
-        ) from None
-
-
 class SearchStorage:
     """Where Ray Tune keeps a search (trial checkpoints, its state for --resume): tune/ray, or
     ``tune.storage``, a path every node of a cluster reaches (a shared filesystem) or a URI
@@ -452,42 +172,6 @@ def check_same_search(experiment, started_with: dict, now: dict) -> None:
             f"{experiment}: was started with other params ({described(differ)}); resume it with those, "
             "or start a new search with --fresh"
         )
-
-
-def check_files_reach_every_node(data) -> None:
-    """An image-file dataset travels to the trials as an index of paths: every node must see the
-    images at the same place. Checked on each live node before any trial starts."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ffl.data import FileDataset
-
-    if not isinstance(data, FileDataset):
-        return  # the arrays themselves travel through Ray's object store
-    first = str(Path(data.root) / str(data.splits["train"].paths[0]))
-    probe = ray.remote(lambda path: Path(path).is_file())
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
-    seen = ray.get([probe.options(num_cpus=0, scheduling_strategy=on(n)).remote(first) for n in nodes])
-    missing = [n[:8] for n, ok in zip(nodes, seen) if not ok]
-    if missing:
-        raise UserError(
-            f"data.root: {first} is not on node(s) {', '.join(missing)} of the Ray cluster; every node needs "
-            f"the images under {data.root} (the same path, or a shared mount)"
-        )
-
-
-def check_resources(params: Params) -> None:
-    """Ray queues a trial that no node can hold and waits for it forever: refuse it before it starts."""
-    r = params.tune.resources
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(n.get("CPU", 0) >= r.cpu and n.get("GPU", 0) >= r.gpu for n in nodes):
-        return
-    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
-    key = "tune.resources.gpu" if r.gpu and not any(n.get("GPU", 0) >= r.gpu for n in nodes) else "tune.resources.cpu"
-    raise UserError(
-        f"{key}: a trial asks for {r.cpu:g} CPUs and {r.gpu:g} GPUs, but no node of the Ray cluster has them "
-        f"(nodes: {have}); lower it, or add such a node"
-    )
 
 
 def tune(

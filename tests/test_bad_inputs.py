@@ -428,7 +428,7 @@ def test_a_machine_out_of_memory_or_disk_or_an_interrupt_ends_in_one_line(workdi
 
 
 def test_a_search_without_one_scored_trial_keeps_the_last_results(workdir, monkeypatch):
-    from pipeline import tune
+    from pipeline import tune_results
     from pipeline.errors import TrainingFailed
 
     params = load_params("params.yaml")
@@ -438,9 +438,9 @@ def test_a_search_without_one_scored_trial_keeps_the_last_results(workdir, monke
         (out / name).write_text(f"the last search's {name}")
     before = snapshot(out)
     rows = [{"trial": i, "status": "failed: loss became non-finite", "score": 100.0} for i in range(2)]
-    monkeypatch.setattr(tune, "trial_rows", lambda results, p: rows)
+    monkeypatch.setattr(tune_results, "trial_rows", lambda results, p: rows)
     with pytest.raises(TrainingFailed, match="none of the 2 trials finished with a score"):
-        tune.write_results(None, params, tiny_params(), out=out)
+        tune_results.write_results(None, params, tiny_params(), out=out)
     assert snapshot(out) == before
 
 

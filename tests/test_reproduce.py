@@ -12,13 +12,14 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline import reproduce as rp
+from pipeline import tables as tb
 from pipeline.cli import app
-from pipeline.params import validate
+from pipeline.params import apply_overrides, validate
 from pipeline.stages.train import build_trainer
 from tests.helpers import ROOT, TINY_RUN, project_repo, sh, tiny_params
 
 runner = CliRunner()
-TABLES = rp.load_tables(ROOT / "configs/tables.yaml")
+TABLES = tb.load_tables(ROOT / "configs/tables.yaml")
 # The embedded dataset, one short epoch: the row's architecture, method and settings, other data.
 TINY = TINY_RUN
 SET_TINY = [arg for s in TINY for arg in ("-S", s)]
@@ -29,7 +30,7 @@ def test_every_preset_row_trains_an_epoch(table, row, monkeypatch):
     monkeypatch.chdir(ROOT)  # the tables name their base files from the project's root
     from ffl.data import make_shapes
 
-    full = validate(rp.row_raw(TABLES[table], row))  # the row as it runs on its own data
+    full = validate(tb.row_raw(TABLES[table], row))  # the row as it runs on its own data
     if TABLES[table].rows[row].paper:  # a table of the paper: the authors' protocol and schedule
         assert full.data.protocol == "paper"
         schedule = {"cifar10": 300, "cifar100": 300, "imagenet": 90}
@@ -42,14 +43,14 @@ def test_every_preset_row_trains_an_epoch(table, row, monkeypatch):
     # 20 images: one step of 16 and the last, smaller batch (the paper's protocol keeps it). At
     # lr 0.1 a batch of 16 can throw a 110-layer net off in a few steps; the wiring is what is tested.
     data = make_shapes(2, 2, 0.0, 0.1, 0)
-    params = validate(rp.row_raw(TABLES[table], row, [*TINY, "train.lr=0.01"]))
+    params = validate(tb.row_raw(TABLES[table], row, [*TINY, "train.lr=0.01"]))
     trainer = build_trainer(params, data, torch.device("cpu"))
     history = trainer.fit()
     assert len(history) == 1 and all(torch.isfinite(torch.tensor(v)) for v in history[0].values())
 
 
 def test_the_ablation_rows_switch_what_docs_paper_md_says():
-    s = {r: validate(rp.row_raw(TABLES["cifar100-ablation"], r)).settings() for r in "ABCD"}
+    s = {r: validate(tb.row_raw(TABLES["cifar100-ablation"], r)).settings() for r in "ABCD"}
     on = {r: (x.fusion.enabled, x.ekd.enabled, x.fkd.enabled) for r, x in s.items()}
     assert on == {"A": (1, 1, 1), "B": (0, 0, 1), "C": (1, 0, 1), "D": (1, 1, 0)}
 
@@ -253,7 +254,7 @@ def test_a_rows_seeds_trained_as_one_model_are_recorded_as_each_run_alone(repo, 
         run("git checkout -- . && git clean -fdq", repo)
     # The same run alone, as `ffl reproduce` runs one run.
     monkeypatch.chdir(repo)
-    (alone_run,) = rp.plan(rp.load_tables(), "cifar100-ablation", ["B"], [4], [*TINY, *exact])
+    (alone_run,) = tb.plan(tb.load_tables(), "cifar100-ablation", ["B"], [4], [*TINY, *exact])
     files, _ = rp.execute(alone_run.raw, str(tmp_path), 1)
     (tmp_path / "model.pt").write_bytes(files["models/model.pt"])
     alone = dict(load_model(tmp_path / "model.pt")[0].state_dict())
@@ -307,7 +308,7 @@ def own_table_runs(errors: dict[str, list[float]]) -> list[dict]:
     runs = []
     for row, values in errors.items():
         for seed, err in enumerate(values):
-            raw = rp.apply_overrides(rp.row_raw(table, row), [f"seed={seed}"])
+            raw = apply_overrides(tb.row_raw(table, row), [f"seed={seed}"])
             p = validate(raw)
             deployed = p.method_class.deployed(len(p.archs()), p.settings())
             top1 = {deployed: err, "sub_mean": err + 1.0}

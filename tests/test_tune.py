@@ -195,7 +195,7 @@ def test_address_auto_without_a_cluster_is_one_line(monkeypatch):
     Ray's search is stubbed: it finds any cluster running here, a test's simulated one included."""
     import ray
 
-    from pipeline.tune import start_ray
+    from pipeline.ray_cluster import start_ray
 
     def no_cluster(**kwargs):
         assert kwargs["address"] == "auto"
