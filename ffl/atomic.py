@@ -5,6 +5,7 @@ a part of either. One rule for all writers, so that none of them forgets the syn
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -49,6 +50,14 @@ def replacing(path: str | Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # named as the output, not as its temporary file (or not at all)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    except RuntimeError as e:
+        # torch's serializer reports a full disk as "enforce fail at inline_container.cc ...
+        # unexpected pos": the output it could not write, named as an OSError would name it.
+        if not any(s in str(e) for s in ("unexpected pos", "iostream error", "file write failed")):
+            raise
+        raise OSError(errno.ENOSPC, "could not be written whole (disk full?)", str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
 

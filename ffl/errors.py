@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class SettingError(ValueError):
     """A setting is wrong for this run. ``key`` names it as the user writes it (``train.compile``,
@@ -13,10 +15,21 @@ class SettingError(ValueError):
         self.key, self.reason = key, reason
 
 
+class DataError(Exception):
+    """A file of the dataset cannot be used (damaged, empty, not an image), found while a run reads
+    it. The message names the file and what to do. One argument: a DataLoader worker's error is
+    raised again in the training process as ``DataError(<the worker's traceback>)``."""
+
+
+# The last line of a printed traceback: "package.module.SomeError: the message".
+_RAISED = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit): ")
+
+
 def one_line(e: BaseException) -> str:
     """An exception's reason as the one line a user reads, whoever raised it:
     - an error from another process (Ray's task errors carry the original as ``cause``) is that error;
-    - a traceback printed into the message (Ray, torchrun) ends in the error: its last line;
+    - a traceback printed into the message (Ray, torchrun, DataLoader workers) ends in the error:
+      its last line, without the error's type;
     - otherwise the first line (torch's and PIL's summaries come first, details after), with the
       first item when that line is a heading ending in ':' (torch's state-dict errors);
     - no message at all: the exception's type."""
@@ -26,8 +39,8 @@ def one_line(e: BaseException) -> str:
     lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
     if not lines:
         return type(e).__name__
-    if any(x.startswith("Traceback (most recent call last)") for x in lines):
-        return lines[-1]
+    if any("Traceback (most recent call last)" in x for x in lines):
+        return _RAISED.sub("", lines[-1])
     if lines[0].endswith(":") and len(lines) > 1:
         return f"{lines[0]} {lines[1][:200]}"
     return lines[0]

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ffl.callbacks import Callback
+from ffl.errors import one_line
+from pipeline.errors import UserError
 
 # The charts dvc.yaml declares (top-level `plots`), each one file of DVCLive custom datapoints drawn
 # with the `series` template (.dvc/plots/series.json): one line per classifier or loss term, so a
@@ -53,11 +55,19 @@ class DVCLiveCallback(Callback):
         self.live.next_step()
 
     def on_train_start(self, trainer, start_epoch, history):
+        from scmrepo.exceptions import SCMError
+
         from dvclive import Live
 
         # dvcyaml=False: dvc.yaml declares these metrics and plots; save_dvc_exp=False: experiments
         # are made by `dvc exp run`, not as a side effect of training.
-        self.live = Live(self.directory, resume=False, save_dvc_exp=False, dvcyaml=False)
+        try:
+            self.live = Live(self.directory, resume=False, save_dvc_exp=False, dvcyaml=False)
+        except SCMError as e:  # DVCLive reads the git repository around it: one with no commit fails
+            raise UserError(
+                f"DVCLive cannot read the git repository here ({one_line(e)}); "
+                "commit once (`git add -A && git commit -m baseline`) and run it again"
+            ) from None
         self.points = {}
         for metrics in history:
             self._log(metrics)

@@ -96,12 +96,14 @@ def stage(fn):
         except KeyboardInterrupt:
             fail(INTERRUPTED_TRAINING if fn.__name__ == "train" else INTERRUPTED, 130)
         except Exception as e:
-            from ffl.errors import SettingError  # (ffl loads torch: not at every command's start)
+            from ffl.errors import DataError, SettingError  # (ffl loads torch: not at every command's start)
 
             if isinstance(e, SettingError):  # a setting the library refused: the params' key named
                 from pipeline.params.schema import params_key
 
                 fail(f"{params_key(e.key)}: {e.reason}", 2)
+            if isinstance(e, DataError):  # a file of the dataset, named, found unusable mid-run
+                fail(str(e), 2)
             if (reason := resource_exhausted(e)) is None:
                 raise  # a bug: its traceback is what a report needs
             fail(reason, 1)

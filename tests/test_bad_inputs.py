@@ -488,3 +488,70 @@ def test_evaluation_writes_its_outputs_with_interrupts_held_off():
 def test_evaluation_refuses_a_model_the_params_do_not_describe(workdir, change):
     assert ffl("train")[0] == 0 and ffl("evaluate")[0] == 0
     assert_refused(["evaluate", "-S", change], 2, "error: models/model.pt: trained with ", workdir)
+
+
+def test_training_in_a_git_repository_without_a_commit_says_to_commit_first(workdir):
+    """DVCLive reads the git repository it runs in; one with no commit yet made it raise SCMError."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    dvc = Path(sys.executable).with_name("dvc")
+    subprocess.run([str(dvc), "init", "-q"], cwd=workdir, check=True)
+    assert_refused(
+        ["train"], 2, "error: DVCLive cannot read the git repository here (Empty git repo); commit once", workdir
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "change", "expected"),
+    [
+        ("train", "train.epochs=1000000000000", "error: train.epochs: Input should be less than or equal to 100000"),
+        (
+            "train",
+            "train.batch_size=10000000",
+            "error: train.batch_size: Input should be less than or equal to 1000000",
+        ),
+        ("tune", "tune.trials=1000000", "error: tune.trials: Input should be less than or equal to 100000"),
+        (
+            "tune",
+            "tune.space.train.epochs={type: int, low: 1, high: 1000000000000}",
+            "error: tune.space.train.epochs: 1000000000000 is refused",
+        ),
+    ],
+)
+def test_absurd_sizes_are_refused_at_the_door(workdir, command, change, expected):
+    assert_refused([command, "-S", change], 2, expected, workdir)
+
+
+def test_a_disk_that_fills_while_torch_saves_names_the_file(workdir, monkeypatch):
+    """torch's serializer says "unexpected pos" on a full disk and names no file: the line names it,
+    and the earlier file stays whole (written beside, renamed only once complete)."""
+
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 1024")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, out = ffl("train")
+    assert code == 1 and out == (
+        "error: disk full: checkpoints/last.pt could not be written; free space and run it again"
+    ), out
+    assert not list(workdir.glob("checkpoints/.last.pt.tmp-*")) and not (workdir / "checkpoints/last.pt").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_damaged_after_prepare_is_named_when_an_epoch_meets_it(workdir, workers):
+    """Met mid-epoch, in the training process or in a DataLoader worker: one line naming the file."""
+    from tests.imagenet_archive import write_imagefolder
+
+    write_imagefolder(workdir / "raw", classes=("cat", "dog"), per_class={"train": 6, "val": 2})
+    files = ["-S", "data.source=imagefolder", "-S", "data.root=raw", "-S", "data.files.image_size=32"]
+    files += ["-S", "data.files.resize=36", "-S", f"data.files.workers={workers}", "-S", "train.batch_size=4"]
+    assert ffl("prepare", *files)[0] == 0
+    (workdir / "raw/train/dog/3.jpg").write_bytes(b"")  # emptied, as a failed copy leaves it
+    code, out = ffl("train", *files, "-S", "train.epochs=1")
+    assert code == 2 and len(out.splitlines()) == 1, out
+    assert out.startswith("error: ") and "raw/train/dog/3.jpg: damaged, empty or not an image" in out, out
+    assert "replace or remove it, then prepare the data again" in out and "Traceback" not in out

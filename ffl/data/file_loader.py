@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from ffl.data.files import FileSplit
 from ffl.data.loader import Batches, view_seed
 from ffl.distributed import Ranks
+from ffl.errors import DataError, one_line
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,14 @@ class _Images(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        image = default_loader(str(self.root / str(self.paths[i])))
+        path = self.root / str(self.paths[i])
+        try:
+            image = default_loader(str(path))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises
+            raise DataError(
+                f"{path}: damaged, empty or not an image ({one_line(e)}); replace or remove it, "
+                "then prepare the data again"
+            ) from None
         # torchvision's random transforms draw from the global CPU generator: seeding it makes the
         # draw this image's alone; its state is put back for the training loop when workers = 0.
         # (The generator directly: torch.manual_seed also visits every other backend, ~90 us.)
@@ -116,7 +125,7 @@ class FileLoader(Batches):
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
-        for x, y in batches:
+        for x, y in _named_failures(batches):
             if self.views > 1:  # (B, V, C, H, W) -> the views one after the other along the batch
                 x = x.transpose(0, 1).flatten(0, 1)
             x = x.to(self.device, non_blocking=True)
@@ -125,6 +134,14 @@ class FileLoader(Batches):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
+
+
+def _named_failures(batches):
+    """A worker's DataError comes back wrapped in its traceback: the file's line alone again."""
+    try:
+        yield from batches
+    except DataError as e:
+        raise DataError(one_line(e)) from None
 
 
 def default_workers(most: int = 8) -> int:

@@ -188,9 +188,15 @@ def _method_params() -> type[Section]:
 MethodParams = _method_params()
 
 
+# Upper bounds no real run comes near, so that a typo (or a search dimension up to 1e12) is refused
+# at the door instead of running for ever or allocating the machine away.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_000_000
+
+
 class TrainParams(Section):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
     lr: PositiveFloat
     momentum: float = Field(ge=0, lt=1)
     nesterov: bool
@@ -230,7 +236,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
 
 
 class ReproduceParams(Section):
