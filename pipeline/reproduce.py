@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ffl.errors import one_line
-from pipeline.errors import Interrupted, TrainingFailed
+from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.estimate import flops_per_image, train_images
 from pipeline.experiments import OUTPUTS, check_repository, link_data_root, recorded, recorder, sort_out
 from pipeline.params import Params, validate
@@ -152,7 +152,12 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
                         echo(f"{run.name}: failed: {summary['failed'][run.name]}")
                     continue
                 for run, outputs in zip(group, files if len(group) > 1 else [files], strict=True):
-                    record(run, outputs)
+                    try:
+                        record(run, outputs)
+                    except (UserError, OSError) as e:  # a full disk at `dvc exp save`: this run only
+                        summary["failed"][run.name] = f"trained, but not recorded: {one_line(e)}"
+                        echo(f"{run.name}: {summary['failed'][run.name]}")
+                        continue
                     summary["done"].append(run.name)
                     summary.setdefault("nodes", {})[run.name] = node
                     echo(f"{run.name}: recorded as a DVC experiment (ran on node {node[:8]})")

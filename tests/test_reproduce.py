@@ -212,6 +212,24 @@ def test_a_failed_run_is_reported_and_the_others_are_recorded(repo, monkeypatch,
     path.write_text(yaml.safe_dump({"t": table}))
     run("git add tables.yaml && git commit -qm tables", repo)
     args = ["reproduce", "t", "--tables", "tables.yaml", "--rows", "diverges", "--rows", "C", "--seeds", "0"]
+    # The disk fills as the trained run is recorded (`dvc exp save`): that run is reported as not
+    # recorded, and the same command records it.
+    from pipeline import experiments as recording
+    from pipeline.errors import UserError
+
+    dvc = recording.dvc
+
+    def full_disk(*a, **k):
+        if a[:2] == ("exp", "save"):
+            raise UserError("dvc exp save: ERROR: [Errno 28] No space left on device")
+        return dvc(*a, **k)
+
+    monkeypatch.setattr(recording, "dvc", full_disk)
+    code, out = ffl(repo, monkeypatch, *args, *SET_TINY)
+    assert code == 1, out
+    assert "t-C-s0: trained, but not recorded: dvc exp save: ERROR: [Errno 28] No space left on device" in out
+    assert "2 of 2 runs failed" in out and "t-C-s0" not in experiments(repo)
+    monkeypatch.setattr(recording, "dvc", dvc)
     code, out = ffl(repo, monkeypatch, *args, *SET_TINY)
     assert code == 1, out
     assert "t-diverges-s0: failed:" in out and "became non-finite" in out
