@@ -194,3 +194,36 @@ def test_what_every_process_would_refuse_is_refused_before_they_start(two_proces
     assert proc.returncode == 2, proc.stderr
     assert "models/model.pt: is a directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_process_out_of_memory_ends_every_process_in_one_line_each(two_processes, tmp_path):
+    """Rank 1 runs out of memory mid-epoch (injected through a sitecustomize that only rank 1
+    acts on): it says so in one line, the launcher stops rank 0 and names rank 1, no traceback."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import torch\n"
+        "    calls = []\n"
+        "    backward = torch.Tensor.backward\n"
+        "    def oom(self, *a, **k):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:\n"
+        "            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
+        "        return backward(self, *a, **k)\n"
+        "    torch.Tensor.backward = oom\n"
+    )
+    d = tmp_path / "run"
+    d.mkdir()
+    write_params(d, params(2))
+    shutil.copytree(two_processes[0] / "data", d / "data")
+    env = ENV | {"PYTHONPATH": os.pathsep.join([str(inject), ENV["PYTHONPATH"]])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train"], cwd=d, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert "error: out of memory: lower the batch size" in proc.stderr, proc.stderr
+    assert any("training process 1 of 2 exited with 1, and the others were stopped" in x for x in lines), lines
+    assert "Traceback" not in proc.stderr and not (d / "models/model.pt").exists()
