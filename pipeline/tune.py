@@ -37,6 +37,7 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines ("A new study created") are not ffl's
     t = params.tune
     trainable = ray.tune.with_parameters(trial, raw=trial_raw(params, raw), data=data, metric=tune_metric(params))
     resources = {"cpu": t.resources.cpu, "gpu": t.resources.gpu}
