@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from ffl.errors import unwritten
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -53,10 +55,9 @@ def replacing(path: str | Path) -> Iterator[IO[bytes]]:
     except OSError as e:  # named as the output, not as its temporary file (or not at all)
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except RuntimeError as e:
-        # torch's serializer reports a full disk as "enforce fail at inline_container.cc ...
-        # unexpected pos": the output it could not write, named as an OSError would name it.
-        if not any(s in str(e) for s in ("unexpected pos", "iostream error", "file write failed")):
+        if not unwritten(e):
             raise
+        # named as an OSError would name it: the output torch could not write
         raise OSError(errno.ENOSPC, "could not be written whole (disk full?)", str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)

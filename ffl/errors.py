@@ -6,9 +6,10 @@ import re
 
 
 class SettingError(ValueError):
-    """A setting is wrong for this run. ``key`` names it as the user writes it (``train.compile``,
-    ``method.pcl.ema_decay``); ``reason`` says why and what would work. The library raises it, the
-    command line prints ``key: reason`` and the params schema reports it at the key."""
+    """A setting is wrong for this run. ``key`` names it in the library's own terms: a training
+    option (``compile``), the networks (``archs``, ``shared``) or a setting of the method
+    (``fusion.kernel_size``); ``reason`` says why and what would work. The pipeline words the key
+    as params.yaml does (``pipeline.params.schema.params_key``)."""
 
     def __init__(self, key: str, reason: str):
         super().__init__(f"{key}: {reason}")
@@ -19,6 +20,14 @@ class DataError(Exception):
     """A file of the dataset cannot be used (damaged, empty, not an image), found while a run reads
     it. The message names the file and what to do. One argument: a DataLoader worker's error is
     raised again in the training process as ``DataError(<the worker's traceback>)``."""
+
+
+def unwritten(e: BaseException) -> bool:
+    """torch's serializer failed to write its file: how it reports a full disk ("enforce fail at
+    inline_container.cc ... unexpected pos"), with no file named."""
+    return isinstance(e, RuntimeError) and any(
+        s in str(e) for s in ("unexpected pos", "iostream error", "file write failed")
+    )
 
 
 # The last line of a printed traceback: "package.module.SomeError: the message".

@@ -61,13 +61,13 @@ def resource_exhausted(e: BaseException) -> str | None:
 
     import torch
 
-    from ffl.errors import one_line
+    from ffl.errors import one_line, unwritten
 
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"disk full: {e.filename or 'an output'} could not be written; free space and run it again"
     if isinstance(e, OSError) and e.filename:  # the machine refused a file (permissions, a read-only mount)
         return f"{e.filename}: {e.strerror or e}"
-    if isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "iostream error")):
+    if unwritten(e):  # a torch file written outside ffl.atomic (torch.export's)
         return f"a file could not be written whole (disk full?): {one_line(e)[:120]}"
     out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e)

@@ -113,14 +113,19 @@ class Method(nn.Module):
             raise SettingError("shared", f"branches sharing low-level layers need one architecture, got {archs}")
         cls.check_settings(archs, settings)
 
+    # The settings a model file of this method held as flat keyword arguments, before each method
+    # owned a settings section (methods of that time: FFL, DML, ONE).
+    flat_settings: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def settings_from_flat_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
-        """A model file saved before each method owned a settings section held the settings as flat
-        keyword arguments: the method takes its own out of ``spec`` (the run is the same), and the
-        arguments no method takes any more go. A method of that time overrides it."""
+        """A model file saved before each method owned a settings section: the method takes its
+        ``flat_settings`` out of ``spec`` (the run is the same), and the arguments no method takes
+        any more go."""
+        settings = {k: spec.pop(k) for k in cls.flat_settings if k in spec}
         for k in ("ce_weight", "epochs", "finetune_fraction"):
             spec.pop(k, None)
-        return {}
+        return settings
 
     @classmethod
     def check_settings(cls, archs: list[str], settings) -> None:

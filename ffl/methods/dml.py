@@ -59,12 +59,11 @@ class DML(Method):
     sharing = "independent"
     stackable = True
 
+    flat_settings = ("temperature", "rampup_epochs", "ce_weight", "kd_weight")
+
     @classmethod
     def settings_from_flat_spec(cls, spec: dict) -> dict:
-        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight", "kd_weight") if k in spec}
-        s["update"] = "joint"  # what the old DML did
-        super().settings_from_flat_spec(spec)
-        return s
+        return super().settings_from_flat_spec(spec) | {"update": "joint"}  # what the old DML did
 
     @classmethod
     def has_own_step(cls, settings) -> bool:

@@ -72,17 +72,18 @@ class FFL(Method):
     sharing = "either"
     stackable = True
 
+    flat_settings = ("temperature", "rampup_epochs", "ce_weight")
+
     @classmethod
     def settings_from_flat_spec(cls, spec: dict) -> dict:
         f = {k: spec.pop(k) for k in ("fusion", "fusion_width", "fusion_kernel_size") if k in spec}
-        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight") if k in spec}
+        s = super().settings_from_flat_spec(spec)
         for term in ("ekd", "fkd"):
             if term in spec or f"{term}_weight" in spec:
                 s[term] = {"enabled": spec.pop(term, True), "weight": spec.pop(f"{term}_weight", 1.0)}
         if f:
             s["fusion"] = {"enabled": f.get("fusion", True), "width": f.get("fusion_width")}
             s["fusion"]["kernel_size"] = f.get("fusion_kernel_size", 3)
-        super().settings_from_flat_spec(spec)
         return s
 
     @classmethod

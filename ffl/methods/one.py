@@ -66,11 +66,7 @@ class ONE(Method):
     default_subnets = 3
     sharing = "shared"
 
-    @classmethod
-    def settings_from_flat_spec(cls, spec: dict) -> dict:
-        s = {k: spec.pop(k) for k in ("temperature", "rampup_epochs", "ce_weight", "kd_weight") if k in spec}
-        super().settings_from_flat_spec(spec)
-        return s
+    flat_settings = ("temperature", "rampup_epochs", "ce_weight", "kd_weight")
 
     def __init__(self, archs, num_classes, shared=None, settings=None, **kwargs):
         super().__init__(archs, num_classes, shared, settings, **kwargs)

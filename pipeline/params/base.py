@@ -6,6 +6,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+# Upper bounds no real run comes near, so that a typo (or a search dimension up to 1e12) is refused
+# at the door instead of running for ever or allocating the machine away.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_000_000
+MAX_TRIALS = 100_000
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)

@@ -28,7 +28,7 @@ from ffl.methods import settings as method_settings
 from ffl.models import backbone_spec
 from ffl.step_mode import COMPILE_MODES, step_mode
 from pipeline.errors import ParamsError
-from pipeline.params.base import Section
+from pipeline.params.base import MAX_BATCH, MAX_EPOCHS, Section
 from pipeline.params.search import TuneParams
 
 # Every float in params must be finite: an .inf learning rate or temperature is never meant.
@@ -186,12 +186,6 @@ def _method_params() -> type[Section]:
 
 
 MethodParams = _method_params()
-
-
-# Upper bounds no real run comes near, so that a typo (or a search dimension up to 1e12) is refused
-# at the door instead of running for ever or allocating the machine away.
-MAX_EPOCHS = 100_000
-MAX_BATCH = 1_000_000
 
 
 class TrainParams(Section):

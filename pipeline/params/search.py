@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
-from pipeline.params.base import Section
+from pipeline.params.base import MAX_EPOCHS, MAX_TRIALS, Section
 
 
 class Dimension(Section):
@@ -46,7 +46,7 @@ class Dimension(Section):
 
 class SchedulerParams(Section):
     name: Literal["asha", "median", "fifo"]
-    grace_period: int = Field(ge=1, le=100_000)  # epochs every trial runs before it can be stopped
+    grace_period: int = Field(ge=1, le=MAX_EPOCHS)  # epochs every trial runs before it can be stopped
     reduction_factor: float = Field(gt=1)
 
 
@@ -80,11 +80,11 @@ def _parse_space(space: dict) -> dict[str, Dimension]:
 
 
 class TuneParams(Section):
-    trials: int = Field(ge=1, le=100_000)
+    trials: int = Field(ge=1, le=MAX_TRIALS)
     metric: str  # on the validation split, never the test split; minimised; auto: tune_metric
     sampler: Literal["tpe", "random"]
     seed: int = Field(ge=0, lt=2**32)
-    epochs: int | None = Field(ge=1, le=100_000)  # a trial's length; null = train.epochs
+    epochs: int | None = Field(ge=1, le=MAX_EPOCHS)  # a trial's length; null = train.epochs
     max_concurrent: int = Field(ge=0)  # 0 = as many as the resources allow
     max_failures: int = Field(ge=0)  # retries of a trial that crashed
     # A search's budget in time: no trial starts after it, running ones stop, finished ones count.
