@@ -93,6 +93,13 @@ def export(
             path = out / f"{name}.{fmt}"
             if fmt == "pt2":
                 program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+                # Each node records the stack it was traced from, with the source files' absolute
+                # paths: dropped (as from the ONNX file), so that the same model gives the same file
+                # wherever the project is checked out, and dvc.lock stays as committed.
+                for graph_module in program.graph_module.modules():
+                    if isinstance(graph_module, torch.fx.GraphModule):
+                        for node in graph_module.graph.nodes:
+                            node.meta.pop("stack_trace", None)
                 torch.export.save(program, path)
             elif fmt == "onnx":
                 _export_onnx(module, example, batch, path, classes)

@@ -16,7 +16,7 @@ from ffl.data import load_dataset
 from ffl.methods import METHODS
 from pipeline import paths
 from pipeline.cli import app
-from tests.helpers import tiny_params, write_params
+from tests.helpers import ROOT, tiny_params, write_params
 
 runner = CliRunner()
 
@@ -91,6 +91,16 @@ def test_the_same_model_exports_the_same_bytes(workdir):
     once = {p.name: p.read_bytes() for p in (workdir / "once").iterdir()}
     assert once == {p.name: p.read_bytes() for p in (workdir / "twice").iterdir()}
     assert {n.rsplit(".", 1)[-1] for n in once} == {"pt2", "onnx", "json"}
+    # ... and of nothing else: no source path of this checkout (a fresh clone elsewhere, as CI's and
+    # every user's, must export the bytes dvc.lock records).
+    import io
+    import zipfile
+
+    source = str(ROOT).encode()
+    for name, data in once.items():
+        archive = zipfile.ZipFile(io.BytesIO(data)) if name.endswith(".pt2") else None
+        parts = [archive.read(n) for n in archive.namelist()] if archive else [data]
+        assert not any(source in part for part in parts), name
 
 
 def test_exporting_one_classifier_again_keeps_the_others(workdir):
