@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import Interrupted, TrainingFailed, UserError
+from pipeline.errors import Interrupted, PeerStopped, TrainingFailed, UserError
 from pipeline.signals import INTERRUPTED, INTERRUPTED_TRAINING, terminate_is_interrupt
 
 app = typer.Typer(
@@ -89,6 +89,8 @@ def stage(fn):
                 return fn(*args, **kwargs)
         except UserError as e:
             fail(str(e), 2)
+        except PeerStopped as e:
+            fail(str(e), PeerStopped.EXIT_CODE)
         except TrainingFailed as e:
             fail(str(e), 1)
         except Interrupted as e:

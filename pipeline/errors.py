@@ -23,3 +23,11 @@ class Interrupted(Exception):
 class TrainingFailed(RuntimeError):
     """The run itself went wrong (a loss became NaN, no trial of a search finished): exit 1, the
     earlier results kept."""
+
+
+class PeerStopped(TrainingFailed):
+    """A DDP process that ended because another process of its run went away. It exits with
+    ``EXIT_CODE``, so that the launcher can name the process whose failure came first (several
+    fail within one of torchrun's polls, and its own "first failure" is then the lowest rank)."""
+
+    EXIT_CODE = 3

@@ -10,13 +10,16 @@ reason above it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from pipeline.errors import Interrupted, TrainingFailed, UserError
+from pipeline.errors import Interrupted, PeerStopped, TrainingFailed, UserError
 from pipeline.params import Params
 from pipeline.signals import INTERRUPTED_TRAINING
 
@@ -52,6 +55,43 @@ def train_processes(params: Params, fresh: bool) -> None:
             os.environ.pop("OMP_NUM_THREADS", None)
 
 
+def first_failure(exits: dict[int, int]) -> tuple[int, int]:
+    """The process to name, and its exit code, from the exit codes of those that failed.
+
+    When one process fails, the others end too, and those that ended in the same poll of torchrun's
+    are in its failures as well: a process that saw its peer go (PeerStopped), one that the launcher
+    stopped (SIGTERM: interrupted, or killed if it was already ending). torchrun names the lowest
+    rank of them; this names the one whose failure was its own, then an interrupt, then the rest.
+    """
+    secondary = (130, -signal.SIGTERM, PeerStopped.EXIT_CODE)
+
+    def order(rank: int) -> tuple[int, int]:
+        code = exits[rank]
+        return (secondary.index(code) + 1 if code in secondary else 0), rank
+
+    rank = min(exits, key=order)
+    return rank, exits[rank]
+
+
+@contextlib.contextmanager
+def launcher_logs_quiet():
+    """torchrun's agent logs each process it stops and each failure (W/E lines with its source
+    paths); ffl's one line says the same. Set LOGLEVEL (torchrun's own switch) to see them."""
+    if "LOGLEVEL" in os.environ:
+        yield
+        return
+    names = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run")
+    loggers = [logging.getLogger(n) for n in names]
+    before = [(lg.propagate, lg.handlers[:]) for lg in loggers]
+    for lg in loggers:
+        lg.propagate, lg.handlers = False, [logging.NullHandler()]
+    try:
+        yield
+    finally:
+        for lg, (propagate, handlers) in zip(loggers, before, strict=True):
+            lg.propagate, lg.handlers = propagate, handlers
+
+
 def _run(params: Params, n: int, fresh: bool) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -62,10 +102,10 @@ def _run(params: Params, n: int, fresh: bool) -> None:
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
         try:
-            run(get_args_parser().parse_args(torchrun_args(n, params_file, fresh)))
+            with launcher_logs_quiet():
+                run(get_args_parser().parse_args(torchrun_args(n, params_file, fresh)))
         except ChildFailedError as e:
-            rank, failure = e.get_first_failure()
-            code = failure.exitcode
+            rank, code = first_failure({r: f.exitcode for r, f in e.failures.items()})
             how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
             message = (
                 f"training process {rank} of {n} {how}, and the others were stopped "

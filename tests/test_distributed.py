@@ -155,6 +155,8 @@ def test_losing_a_process_stops_the_run_and_it_resumes_exactly(two_processes, tm
     assert "training process 1 of 2 was killed by signal 9" in err.decode()
     # the surviving process says its peer went away, in one line
     assert "process 0: another process of the run stopped" in err.decode() and "Traceback" not in err.decode()
+    # torchrun's agent's own lines ("Sending process ... closing signal") are not printed
+    assert all(x.startswith(("error: ", "epoch ")) for x in err.decode().splitlines()), err.decode()
     assert not ranks["0"].is_running() or ranks["0"].status() == psutil.STATUS_ZOMBIE  # stopped with it
     assert torch.load(d / "checkpoints/last.pt", weights_only=True)["epoch"] < EPOCHS
 
@@ -194,6 +196,26 @@ def test_what_every_process_would_refuse_is_refused_before_they_start(two_proces
     assert proc.returncode == 2, proc.stderr
     assert "models/model.pt: is a directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("exits", "named"),
+    [
+        ({0: 3, 1: 1}, (1, 1)),  # rank 0 saw its peer go (exit 3) in the same poll: rank 1 is named
+        ({0: 3, 1: -9}, (1, -9)),
+        ({0: 1, 1: 1}, (0, 1)),
+        ({0: -15, 1: 1}, (1, 1)),  # rank 0 stopped by the launcher while it was ending
+        ({0: 130, 1: -9}, (1, -9)),  # rank 0 stopped by the launcher mid-epoch
+        ({0: 3, 1: 130}, (1, 130)),  # rank 1 interrupted, rank 0 saw it go: an interrupt
+        ({0: 3, 1: 3}, (0, 3)),  # only peers' exits: the lowest rank
+    ],
+)
+def test_the_launcher_names_the_process_that_failed_on_its_own(exits, named):
+    from pipeline.errors import PeerStopped
+    from pipeline.launch import first_failure
+
+    assert PeerStopped.EXIT_CODE == 3
+    assert first_failure(exits) == named
 
 
 def test_a_process_out_of_memory_ends_every_process_in_one_line_each(two_processes, tmp_path):

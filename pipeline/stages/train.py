@@ -19,7 +19,7 @@ from ffl.precision import resolve_precision
 from ffl.step_mode import StepMode, step_mode
 from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback
-from pipeline.errors import TrainingFailed, UserError
+from pipeline.errors import PeerStopped, TrainingFailed, UserError
 from pipeline.params import Params, method_spec
 from pipeline.runtime import ensure_writable, resolve_device
 from pipeline.signals import end_with_parent
@@ -141,7 +141,7 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
             raise TrainingFailed(str(e)) from None
         except Exception as e:
             if ranks.distributed and distributed.peer_stopped(e):
-                raise TrainingFailed(f"process {ranks.rank}: another process of the run stopped") from None
+                raise PeerStopped(f"process {ranks.rank}: another process of the run stopped") from None
             raise
 
 
