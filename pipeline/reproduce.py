@@ -133,7 +133,9 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
         gpus = n / r.runs_per_gpu if have_gpus else 0
         root = str((Path.cwd() / group[0].params.data.root).resolve())
         task = execute_stacked if len(group) > 1 else execute
-        remote = ray.remote(task).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=0)
+        # A run whose node or worker process is lost (a preempted node, the OOM killer) is run
+        # again once, from its start; a run's own error is not retried (retry_exceptions is off).
+        remote = ray.remote(task).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=LOST_RUN_RETRIES)
         raws = [run.raw for run in group] if len(group) > 1 else group[0].raw
         pending[remote.remote(raws, root, r.cpus_per_run)] = group
         if len(group) > 1:
@@ -148,7 +150,7 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
                     files, node = ray.get(ready[0])
                 except Exception as e:  # the run's own failure: reported, the others go on
                     for run in group:
-                        summary["failed"][run.name] = one_line(e)
+                        summary["failed"][run.name] = run_failure(e)
                         echo(f"{run.name}: failed: {summary['failed'][run.name]}")
                     continue
                 for run, outputs in zip(group, files if len(group) > 1 else [files], strict=True):
@@ -175,6 +177,22 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
             f"their reasons above); {len(summary['done'])} recorded; the same command runs the failed ones again"
         )
     return summary
+
+
+LOST_RUN_RETRIES = 1
+
+
+def run_failure(e: Exception) -> str:
+    """Why a run failed, in one line: its own error, or the loss of what ran it (Ray's own
+    message for that is a paragraph)."""
+    import ray.exceptions
+
+    tries = f"on each of {1 + LOST_RUN_RETRIES} tries"
+    if isinstance(e, ray.exceptions.NodeDiedError):
+        return f"its Ray node was lost, {tries} (a preempted or crashed node)"
+    if isinstance(e, ray.exceptions.WorkerCrashedError):
+        return f"its Ray worker process died, {tries} (the system out of memory, or killed)"
+    return one_line(e)
 
 
 def task_groups(runs: list[Run], reproduce: ReproduceParams, have_gpus: bool) -> list[list[Run]]:

@@ -38,6 +38,9 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines ("A new study created") are not ffl's
+    # Tune logs each failed trial's traceback; Progress says it in one line, and the traceback
+    # stays in the trial's error.txt (Tune's own switch, read when the search starts).
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     t = params.tune
     trainable = ray.tune.with_parameters(trial, raw=trial_raw(params, raw), data=data, metric=tune_metric(params))
     resources = {"cpu": t.resources.cpu, "gpu": t.resources.gpu}
@@ -78,7 +81,7 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
             # Two, not one: Ray's experiment snapshot may still name the previous checkpoint when
             # the driver dies, and --resume must find it on disk.
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[Progress(tune_metric(params), t.trials)],
+            callbacks=[Progress(tune_metric(params), t.trials, t.max_failures)],
             verbose=0,
         ),
     )
@@ -87,8 +90,8 @@ def build_tuner(params: Params, raw: dict, data, storage: SearchStorage, resume:
 class Progress(ray.tune.Callback):
     """One line per finished trial: done / running / pending, and the best value so far."""
 
-    def __init__(self, metric: str, total: int):
-        self.metric, self.total = metric, total
+    def __init__(self, metric: str, total: int, retries: int = 0):
+        self.metric, self.total, self.retries = metric, total, retries
         self.best = None
         self.ended: set[str] = set()
 
@@ -114,7 +117,36 @@ class Progress(ray.tune.Callback):
         self._line(trials, trial, "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, "failed")
+        self._line(trials, trial, f"failed ({trial_failure(last_error(trial))})")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(
+            f"[tune] trial {trial.trial_id} stopped ({trial_failure(last_error(trial))}); it goes on from its "
+            f"last checkpoint (retry {trial.run_metadata.num_failures} of {self.retries}, tune.max_failures)",
+            flush=True,
+        )
+
+
+def last_error(trial) -> str | None:
+    """The trial's latest failure as Tune recorded it (its error.txt on this machine, before the
+    storage has a copy; failures add up in it, one "Failure #" block each)."""
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return None
+    return "Failure #" + Path(path).read_text().split("Failure #")[-1]
+
+
+def trial_failure(error: str | None) -> str:
+    """Why a trial stopped, in one line, from the error Tune recorded for it (its error.txt)."""
+    from ffl.errors import one_line
+
+    if not error:
+        return "no reason recorded"
+    if "its node has died" in error:
+        return "its Ray node was lost"
+    if "The actor died unexpectedly" in error:  # Ray's own words for a lost worker process
+        return "its Ray worker process died (the system out of memory, or killed)"
+    return one_line(RuntimeError(error))
 
 
 class SearchStorage:

@@ -120,3 +120,117 @@ def test_a_killed_driver_resumes_its_search_from_the_shared_storage(cluster, tmp
     assert first_id in {r["trial_id"] for r in rows}
     assert (trial_dir / "result.json").read_text() == reports_before  # finished trial not run again
     assert not (tmp_path / "tune/ray").exists()  # the search lived in the shared storage only
+
+
+def _when_a_task_runs_on(node, name, deadline_s=300):
+    """Waits until a worker of ``node`` executes the task or actor ``name`` (Ray titles such a
+    process ``ray::name``): a task leased but not started yet would go to another node unharmed."""
+    import psutil
+
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    deadline = time.time() + deadline_s
+    while True:
+        for p in raylet.children(recursive=True):
+            try:
+                if any(part.startswith(f"ray::{name}") for part in p.cmdline()):
+                    return
+            except psutil.Error:
+                pass
+        assert time.time() < deadline, f"no {name} task ever ran on the node"
+        time.sleep(0.05)
+
+
+def test_a_lost_node_s_run_is_run_again_and_recorded_once(cluster, tmp_path):
+    """`ffl reproduce --address` over three one-CPU nodes; the node running one of the three runs
+    is lost mid-run: its run is run again on a node that is left, every run is recorded, once."""
+    import subprocess
+    import sys
+
+    from tests.helpers import FFL_ENV
+
+    repo = project_repo(tmp_path, tiny_params())
+    lost = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    args = ["reproduce", "cifar100-ablation", "--rows", "A", *[a for s in (0, 1, 2) for a in ("--seeds", str(s))]]
+    tiny = [a for s in [*TINY, "train.epochs=4"] for a in ("-S", s)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args, *tiny, "--address", cluster.address],
+        cwd=repo,
+        env=FFL_ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _when_a_task_runs_on(lost, "execute")
+        time.sleep(2)  # well into its run
+        cluster.remove_node(lost)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    assert out.count("recorded as a DVC experiment") == 3, out
+    shown = json.loads(sh("dvc exp show --json", repo))
+    names = [rev["name"] for b in shown for e in b.get("experiments") or [] for rev in e["revs"]]
+    assert sorted(names) == [f"cifar100-ablation-A-s{s}" for s in (0, 1, 2)]
+    assert "Traceback" not in err
+
+
+def _when_a_trial_reports_from(search, node, deadline_s=300):
+    """The folder of the first trial that reported an epoch from ``node`` (trials report their node)."""
+    deadline = time.time() + deadline_s
+    while True:
+        for result in search.glob("trial_*/result.json"):
+            if f'"node": "{node}"' in result.read_text():
+                return result.parent
+        assert time.time() < deadline, f"no trial reported from node {node}"
+        time.sleep(0.05)
+
+
+def test_a_lost_node_s_trial_resumes_elsewhere_from_its_checkpoint(cluster, tmp_path):
+    """`ffl tune --address` of three trials over three one-CPU nodes; the node running one of
+    them is lost mid-trial: the trial resumes on a node that is left (tune.max_failures: 1, its
+    checkpoints in the shared storage) and the search completes with every trial whole."""
+    import subprocess
+    import sys
+
+    from tests.helpers import FFL_ENV, search_params, write_params
+
+    shared = tmp_path / "shared"
+    write_params(
+        tmp_path,
+        search_params(
+            trials=3,
+            max_concurrent=3,
+            epochs=6,
+            storage=str(shared),
+            space={"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}},
+        ),
+    )
+    assert ffl(tmp_path, "prepare").returncode == 0
+    lost = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "tune", "--address", cluster.address],
+        cwd=tmp_path,
+        env=FFL_ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        on_lost = _when_a_trial_reports_from(shared / "search", lost.node_id[:8])
+        cluster.remove_node(lost)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    rows = read_trials(tmp_path / "tune/trials.csv")
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows), rows
+    assert all(r["epochs"] == "6" for r in rows), rows  # the retried trial too, across its restore
+    reports = [json.loads(x) for x in (on_lost / "result.json").read_text().splitlines()]
+    assert reports[0]["node"] == lost.node_id[:8] and reports[-1]["node"] != lost.node_id[:8]
+    mine = [r["epochs_done"] for r in reports if r["node"] != lost.node_id[:8]]
+    assert mine[-1] == 6 and mine[0] > 1, reports  # went on from its checkpoint, not from epoch 1
+    assert "Traceback" not in err and "ERROR" not in err, err
+    assert "stopped (its Ray node was lost); it goes on from its last checkpoint (retry 1 of 1" in out, out

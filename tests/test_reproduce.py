@@ -386,3 +386,15 @@ def test_tables_that_could_not_be_recorded_or_reported_are_refused_before_any_ru
     name = next(iter(change(table)))
     result = runner.invoke(app, ["reproduce", name, "--tables", str(tmp_path / "t.yaml"), "--dry-run"])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_run_whose_node_or_worker_was_lost_says_so_in_one_line():
+    import ray.exceptions
+
+    from pipeline.reproduce import run_failure
+
+    lost = ray.exceptions.NodeDiedError("Task failed because the node it was running on is dead or unavailable.\n...")
+    assert run_failure(lost) == "its Ray node was lost, on each of 2 tries (a preempted or crashed node)"
+    died = ray.exceptions.WorkerCrashedError()
+    assert run_failure(died) == "its Ray worker process died, on each of 2 tries (the system out of memory, or killed)"
+    assert run_failure(ValueError("bad shape\nmore")) == "bad shape"

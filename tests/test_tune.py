@@ -230,3 +230,30 @@ def test_a_search_in_shared_storage_resumes_and_refuses_other_params(workdir, tm
     )
     assert (workdir / "tune/trials.csv").read_text() == table
     assert ffl(workdir, "tune", "--resume").returncode == 0  # the same params resume, from the storage
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            "Failure # 1 (occurred at 2026-12-05_16-58-46)\nThe actor died unexpectedly before finishing this task.\n"
+            "\tclass_name: ImplicitFunc\nThe actor died because its node has died. Node Id: e415d39d\n",
+            "its Ray node was lost",
+        ),
+        (
+            "Failure # 2 (occurred at 2026-12-05_16-58-46)\nThe actor died unexpectedly before finishing this task.\n"
+            "\tclass_name: ImplicitFunc\n\tpid: 19506\n",
+            "its Ray worker process died (the system out of memory, or killed)",
+        ),
+        (
+            "Failure # 1 (occurred at 2026-12-05_16-58-46)\nray::ImplicitFunc.train() (pid=1, ip=1.2.3.4)\n"
+            'Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: bad shape (3, 4)\n',
+            "bad shape (3, 4)",
+        ),
+        (None, "no reason recorded"),
+    ],
+)
+def test_a_trial_s_failure_is_said_in_one_line(error, said):
+    from pipeline.tune import trial_failure
+
+    assert trial_failure(error) == said
