@@ -1,6 +1,6 @@
-"""A multi-node Ray cluster, simulated on this machine (two nodes with their own CPUs): the runs of
-`ffl reproduce` and the trials of `ffl tune` spread over the nodes, the search lives in shared
-storage, and a driver killed mid-search resumes from it."""
+"""A multi-node Ray cluster, simulated on this machine (nodes with their own CPUs): the runs of
+`ffl reproduce` and the trials of `ffl tune` spread over the nodes and outlive the loss of one,
+the search lives in shared storage, and a driver killed mid-search resumes from it."""
 
 import json
 import os
@@ -8,9 +8,7 @@ import signal
 import time
 
 import pytest
-from typer.testing import CliRunner
 
-from pipeline.cli import app
 from tests.helpers import TINY_RUN, ffl, project_repo, read_trials, search_until_one_trial_finished, sh, tiny_params
 
 # Alone: its two raylets beside another test file's Ray lost the driver of a search once (make test's
@@ -31,50 +29,6 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
-
-
-def test_reproduce_spreads_runs_over_the_nodes_and_records_them_all(cluster, tmp_path, monkeypatch):
-    import ray
-
-    repo = project_repo(tmp_path, tiny_params())
-    monkeypatch.chdir(repo)
-    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert len(nodes) == 2
-    args = ["reproduce", "cifar100-ablation", "--rows", "A", "--seeds", "0", "--seeds", "1"]
-    result = CliRunner().invoke(app, [*args, *[a for s in TINY for a in ("-S", s)]])
-    assert result.exit_code == 0, result.output
-    # One CPU per node and per run: the two runs ran side by side, one on each node.
-    ran_on = [line.rsplit("node ", 1)[1].rstrip(")") for line in result.output.splitlines() if "ran on node" in line]
-    assert len(ran_on) == 2 and len(set(ran_on)) == 2
-    assert {r for r in ran_on} <= {n[:8] for n in nodes}
-    shown = json.loads(sh("dvc exp show --json", repo))
-    names = {rev["name"] for b in shown for e in b.get("experiments") or [] for rev in e["revs"]}
-    assert names == {"cifar100-ablation-A-s0", "cifar100-ablation-A-s1"}
-
-
-def test_a_search_spreads_trials_over_the_nodes_into_shared_storage(cluster, tmp_path, monkeypatch):
-    import csv
-
-    import ray
-
-    from pipeline.params import validate
-    from pipeline.stages.prepare import prepare
-    from pipeline.tune import tune
-    from tests.helpers import temperature_search
-
-    monkeypatch.chdir(tmp_path)
-    shared = tmp_path / "shared"  # every node reaches it (here: the one filesystem)
-    raw = tiny_params()
-    raw["tune"] = temperature_search(resources={"cpu": 1, "gpu": 0}, storage=str(shared))
-    params = validate(raw)
-    prepare(params)
-    summary = tune(params, raw)
-    assert summary["completed"] == 2
-    with open(tmp_path / "tune/trials.csv") as f:
-        rows = list(csv.DictReader(f))
-    nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
-    assert {r["node"] for r in rows} == nodes  # one CPU per node and per trial: one trial on each
-    assert (shared / "search").is_dir() and not (tmp_path / "tune/ray").exists()
 
 
 def test_image_files_every_node_must_see_are_checked_on_each_node(cluster, tmp_path):
@@ -140,11 +94,13 @@ def _when_a_task_runs_on(node, name, deadline_s=300):
         time.sleep(0.05)
 
 
-def test_a_lost_node_s_run_is_run_again_and_recorded_once(cluster, tmp_path):
-    """`ffl reproduce --address` over three one-CPU nodes; the node running one of the three runs
-    is lost mid-run: its run is run again on a node that is left, every run is recorded, once."""
+def test_reproduce_spreads_runs_over_the_nodes_and_a_lost_node_s_run_is_run_again(cluster, tmp_path):
+    """`ffl reproduce --address` over three one-CPU nodes, a run on each; the node running one of
+    them is lost mid-run: its run is run again on a node that is left, every run is recorded, once."""
     import subprocess
     import sys
+
+    import ray
 
     from tests.helpers import FFL_ENV
 
@@ -174,6 +130,9 @@ def test_a_lost_node_s_run_is_run_again_and_recorded_once(cluster, tmp_path):
     names = [rev["name"] for b in shown for e in b.get("experiments") or [] for rev in e["revs"]]
     assert sorted(names) == [f"cifar100-ablation-A-s{s}" for s in (0, 1, 2)]
     assert "Traceback" not in err
+    # One CPU per node and per run: the runs ran side by side, on every node that is left.
+    ran_on = {line.rsplit("node ", 1)[1].rstrip(")") for line in out.splitlines() if "ran on node" in line}
+    assert ran_on == {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
 
 
 def _when_a_trial_reports_from(search, node, deadline_s=300):
@@ -187,12 +146,14 @@ def _when_a_trial_reports_from(search, node, deadline_s=300):
         time.sleep(0.05)
 
 
-def test_a_lost_node_s_trial_resumes_elsewhere_from_its_checkpoint(cluster, tmp_path):
-    """`ffl tune --address` of three trials over three one-CPU nodes; the node running one of
-    them is lost mid-trial: the trial resumes on a node that is left (tune.max_failures: 1, its
-    checkpoints in the shared storage) and the search completes with every trial whole."""
+def test_a_search_spreads_over_the_nodes_and_a_lost_node_s_trial_resumes_elsewhere(cluster, tmp_path):
+    """`ffl tune --address` of three trials over three one-CPU nodes, into shared storage; the node
+    running one of them is lost mid-trial: the trial resumes on a node that is left from its
+    checkpoint (tune.max_failures: 1) and the search completes with every trial whole."""
     import subprocess
     import sys
+
+    import ray
 
     from tests.helpers import FFL_ENV, search_params, write_params
 
@@ -234,3 +195,7 @@ def test_a_lost_node_s_trial_resumes_elsewhere_from_its_checkpoint(cluster, tmp_
     assert mine[-1] == 6 and mine[0] > 1, reports  # went on from its checkpoint, not from epoch 1
     assert "Traceback" not in err and "ERROR" not in err, err
     assert "stopped (its Ray node was lost); it goes on from its last checkpoint (retry 1 of 1" in out, out
+    # One CPU per node and per trial: the trials ran on every node that is left; the search lived
+    # in the shared storage only.
+    assert {r["node"] for r in rows} == {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
+    assert (shared / "search").is_dir() and not (tmp_path / "tune/ray").exists()
