@@ -219,8 +219,9 @@ def test_the_launcher_names_the_process_that_failed_on_its_own(exits, named):
 
 
 def test_a_process_out_of_memory_ends_every_process_in_one_line_each(two_processes, tmp_path):
-    """Rank 1 runs out of memory mid-epoch (injected through a sitecustomize that only rank 1
-    acts on): it says so in one line, the launcher stops rank 0 and names rank 1, no traceback."""
+    """Rank 1 runs out of memory in the second epoch (injected through a sitecustomize that only
+    rank 1 acts on): it says so in one line, the launcher stops rank 0 and names rank 1, no
+    traceback; the same command then resumes to the model of a run never stopped."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(
@@ -230,8 +231,9 @@ def test_a_process_out_of_memory_ends_every_process_in_one_line_each(two_process
         "    calls = []\n"
         "    backward = torch.Tensor.backward\n"
         "    def oom(self, *a, **k):\n"
-        "        calls.append(1)\n"
-        "        if len(calls) == 2:\n"
+        "        if os.path.exists('checkpoints/last.pt'):  # after the first epoch's checkpoint\n"
+        "            calls.append(1)\n"
+        "        if len(calls) == 1:\n"
         "            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
         "        return backward(self, *a, **k)\n"
         "    torch.Tensor.backward = oom\n"
@@ -249,3 +251,12 @@ def test_a_process_out_of_memory_ends_every_process_in_one_line_each(two_process
     assert "error: out of memory: lower the batch size" in proc.stderr, proc.stderr
     assert any("training process 1 of 2 exited with 1, and the others were stopped" in x for x in lines), lines
     assert "Traceback" not in proc.stderr and not (d / "models/model.pt").exists()
+    # The same command, the memory there again, resumes from the last finished epoch, exactly.
+    stopped_at = torch.load(d / "checkpoints/last.pt", weights_only=True)["epoch"]
+    assert 1 <= stopped_at < EPOCHS
+    again = ffl(d, "train")
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from checkpoints/last.pt at epoch {stopped_at + 1}/" in again.stdout
+    straight = weights(two_processes[0] / "models/model.pt")
+    for name, w in weights(d / "models/model.pt").items():
+        assert torch.equal(w, straight[name]), name
