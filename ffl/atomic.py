@@ -72,6 +72,27 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def write_together(files: dict[str | Path, bytes]) -> None:
+    """Several files that are one result: every one written whole and synced beside its name
+    first, and only then all renamed, so a full disk leaves each of them as it was."""
+    paths = [Path(p) for p in files]
+    temps = [beside(p, "tmp") for p in paths]
+    try:
+        for tmp, path, data in zip(temps, paths, files.values(), strict=True):
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:  # named as the output, not as its temporary file
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        for tmp, path in zip(temps, paths, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
 def torch_save(obj: Any, path: str | Path) -> None:
     import torch  # imported here: this module serves writers that never touch torch
 

@@ -10,6 +10,7 @@ sub-network and the fusion module.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -100,7 +101,12 @@ def export(
                     if isinstance(graph_module, torch.fx.GraphModule):
                         for node in graph_module.graph.nodes:
                             node.meta.pop("stack_trace", None)
-                torch.export.save(program, path)
+                # Through memory: torch's zip writer, on a full disk, throws again from its
+                # destructor and aborts the process; a buffer then written like every output fails
+                # as an OSError naming the file.
+                buffer = io.BytesIO()
+                torch.export.save(program, buffer)
+                atomic.write_bytes(path, buffer.getvalue())
             elif fmt == "onnx":
                 _export_onnx(module, example, batch, path, classes)
             else:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import Interrupted, PeerStopped, TrainingFailed, UserError
-from pipeline.signals import INTERRUPTED, INTERRUPTED_TRAINING, terminate_is_interrupt
+from pipeline.signals import INTERRUPTED, INTERRUPTED_TRAINING, RANK_OF_LAUNCHER, terminate_is_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -50,6 +50,10 @@ RESTORE = "git checkout -- params.yaml dvclive metrics plots && dvc checkout"
 
 
 def fail(message: str, code: int = 2):
+    # One line, whatever the user's values hold: a newline typed into a key or a path is shown as \n.
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    if code == 130 and os.environ.get(RANK_OF_LAUNCHER):  # a Ctrl-C reaches every rank: `ffl train` says it once
+        raise typer.Exit(code)
     typer.echo(f"error: {message}{workspace_state()}", err=True)
     raise typer.Exit(code)
 
@@ -406,7 +410,22 @@ def bench(ctx: typer.Context):
     run(ctx.args)
 
 
+def quiet_libraries() -> None:
+    """What a command prints is ffl's: a Python warning (ffl's own or a library's) is one
+    `warning:` line, without the file and source line Python quotes; torch's own log lines
+    (compile notes such as "No CUDA runtime is found") only with TORCH_LOGS set."""
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = one_line
+    os.environ.setdefault("TORCH_LOGS", "-torch")  # torch's own switch: its loggers at ERROR (and the ranks')
+
+
 def main():  # console script entry point
+    quiet_libraries()
     # Typer vendors Click and exports only this subclass of its UsageError (unknown options and
     # commands, missing or malformed values).
     usage_error = typer.BadParameter.__base__
@@ -418,7 +437,8 @@ def main():  # console script entry point
         if not e.format_message() and e.ctx:  # `ffl` alone: the help
             typer.echo(e.ctx.get_help())
             sys.exit(2)
-        typer.echo(f"error: {where}: {e.format_message()} (`{where} --help` lists the options)", err=True)
+        message = e.format_message().replace("\n", "\\n")
+        typer.echo(f"error: {where}: {message} (`{where} --help` lists the options)", err=True)
         sys.exit(2)
     except typer.Abort:  # an interrupt outside a command's own handling (while Click starts or ends)
         typer.echo("error: interrupted", err=True)

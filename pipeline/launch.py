@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.errors import Interrupted, PeerStopped, TrainingFailed, UserError
 from pipeline.params import Params
-from pipeline.signals import INTERRUPTED_TRAINING
+from pipeline.signals import INTERRUPTED_TRAINING, RANK_OF_LAUNCHER
 
 
 def torchrun_args(processes: int, params_file: Path, fresh: bool) -> list[str]:
@@ -48,9 +48,11 @@ def train_processes(params: Params, fresh: bool) -> None:
     # even share (unless the user set it). The workers inherit it; this process gets its own back.
     threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or n) // n))
+    os.environ[RANK_OF_LAUNCHER] = "1"
     try:
         _run(params, n, fresh)
     finally:
+        os.environ.pop(RANK_OF_LAUNCHER, None)
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
 

@@ -13,6 +13,8 @@ import signal
 import sys
 from collections.abc import Iterator
 
+# Set for the ranks `ffl train` starts: an interrupt is said once, by `ffl train`, not by each rank.
+RANK_OF_LAUNCHER = "FFL_RANK_OF_LAUNCHER"
 INTERRUPTED_TRAINING = "interrupted; run the same command again to resume from the last finished epoch"
 INTERRUPTED = "interrupted; no output is left half-written or mixed with another run's; run it again"
 

@@ -22,6 +22,7 @@ import ray
 import ray.tune
 
 from ffl.config_diff import described, differences
+from ffl.errors import one_line
 from pipeline.errors import Interrupted, UserError
 from pipeline.params import Params, tune_metric
 from pipeline.ray_cluster import check_files_reach_every_node, check_resources, start_ray
@@ -138,8 +139,6 @@ def last_error(trial) -> str | None:
 
 def trial_failure(error: str | None) -> str:
     """Why a trial stopped, in one line, from the error Tune recorded for it (its error.txt)."""
-    from ffl.errors import one_line
-
     if not error:
         return "no reason recorded"
     if "its node has died" in error:
@@ -223,6 +222,10 @@ def tune(
     from pipeline.stages.prepare import load_prepared
 
     check_tune(params, raw)
+    if resume and fresh:
+        raise UserError("--resume and --fresh: one continues the earlier search, the other discards it; give one")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; the results need a folder (give another --out)")
     storage = SearchStorage(params.tune.storage, out)
     experiment = storage.shown
     if resume and not storage.has_search():
@@ -240,7 +243,14 @@ def tune(
     check_files_reach_every_node(data)
     if not resume:  # the earlier search is discarded only now, when the new one can start
         storage.start(params)
-    tuner = build_tuner(params, raw, data, storage, resume)
+    try:
+        tuner = build_tuner(params, raw, data, storage, resume)
+    except Exception as e:  # a search folder Tune cannot read back (damaged, or not Tune's)
+        if not resume:
+            raise
+        raise UserError(
+            f"{experiment}: the search there cannot be resumed ({one_line(e)}); --fresh discards it and starts over"
+        ) from None
     # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own SIGINT
     # handler lets the running trials checkpoint and saves the search's state.
     take_back_terminate()

@@ -164,12 +164,16 @@ def draw(study, plot: str, metric: str, out: Path) -> None:
     import optuna
     import optuna.visualization as vis
 
+    # Optuna's notes while drawing (experimental API; "importances will be equal" when trials
+    # tie) are about the picture, which shows it; not lines for the person running the search.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Target and region quantiles")
         ax = getattr(vis.matplotlib, f"plot_{plot}")(study, target_name=metric)
-    fig = ax.figure
-    fig.set_size_inches(8, 4.5)
-    fig.tight_layout()
-    fig.savefig(out / f"{plot}.png", dpi=100)
-    plt.close(fig)
-    getattr(vis, f"plot_{plot}")(study, target_name=metric).write_html(out / f"{plot}.html", include_plotlyjs="cdn")
+        fig = ax.figure
+        fig.set_size_inches(8, 4.5)
+        fig.tight_layout()
+        fig.savefig(out / f"{plot}.png", dpi=100)
+        plt.close(fig)
+        html = getattr(vis, f"plot_{plot}")(study, target_name=metric)
+    html.write_html(out / f"{plot}.html", include_plotlyjs="cdn")

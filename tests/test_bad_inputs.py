@@ -555,3 +555,34 @@ def test_an_image_damaged_after_prepare_is_named_when_an_epoch_meets_it(workdir,
     assert code == 2 and len(out.splitlines()) == 1, out
     assert out.startswith("error: ") and "raw/train/dog/3.jpg: damaged, empty or not an image" in out, out
     assert "replace or remove it, then prepare the data again" in out and "Traceback" not in out
+
+
+def test_files_that_are_one_result_are_all_old_after_a_full_disk(tmp_path, monkeypatch):
+    """evaluate's metrics, confusion and CAM picture: the disk fills at the last of them, and none
+    is replaced (each written and synced beside its name before any is renamed)."""
+    import errno
+    import os
+
+    from ffl import atomic
+
+    files = {tmp_path / "plots/confusion.json": b"new", tmp_path / "plots/cam.png": b"new", tmp_path / "m.json": b"new"}
+    for path in files:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"old")
+    syncs, fsync = [], os.fsync
+
+    def fills(fd):
+        syncs.append(fd)
+        if len(syncs) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fills)
+    with pytest.raises(OSError) as e:
+        atomic.write_together(files)
+    assert e.value.filename == str(tmp_path / "m.json") and e.value.errno == errno.ENOSPC
+    assert all(p.read_bytes() == b"old" for p in files)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cam.png", "confusion.json", "m.json", "plots"]
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.write_together(files)
+    assert all(p.read_bytes() == b"new" for p in files)

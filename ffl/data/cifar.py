@@ -185,7 +185,14 @@ def _read_binary(name: str, root: Path) -> tuple[Split, Split, list[str]]:
     names_file = folder / form.labels_file
     if not names_file.is_file():
         raise DatasetNotFound(f"{name} (binary version) under {root}: {form.folder}/{form.labels_file} is missing")
-    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    try:
+        text = names_file.read_text(encoding="ascii")  # the official file: ten ASCII class names
+    except UnicodeDecodeError as e:
+        raise DatasetNotFound(
+            f"{name} (binary version) under {root}: {form.folder}/{form.labels_file} is not the official "
+            f"class-name list (byte {e.start} is not ASCII); {remedy(name, 'binary')}"
+        ) from None
+    classes = [line.strip() for line in text.splitlines() if line.strip()]
     if len(classes) != CLASSES[name]:
         raise DatasetNotFound(
             f"{name} (binary version) under {root}: {form.folder}/{form.labels_file} names {len(classes)} "

@@ -77,12 +77,16 @@ def evaluate(
         {"actual": data.classes[a], "predicted": data.classes[b]} for a, b in zip(pred["targets"], pred["predicted"])
     ]
     picture = cam_picture_png(method, test, data)
-    # The three files are one result: written together, with Ctrl-C and SIGTERM held off for the
-    # few milliseconds it takes, so an interrupt leaves all of them old or all of them new.
+    # The three files are one result: written together (a full disk leaves all of them old), with
+    # Ctrl-C and SIGTERM held off while they are renamed, so an interrupt does too.
     with signals_deferred():
-        atomic.write_text(confusion, json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n")
-        atomic.write_bytes(cam, picture)
-        atomic.write_text(out, json.dumps(result, indent=2) + "\n")
+        atomic.write_together(
+            {
+                confusion: (json.dumps({"classifier": pred["classifier"], "rows": rows}) + "\n").encode(),
+                cam: picture,
+                out: (json.dumps(result, indent=2) + "\n").encode(),
+            }
+        )
     return result
 
 

@@ -145,12 +145,20 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
             raise
 
 
+def checkpoint_refused(e: CheckpointError) -> str:
+    """The checkpoint is the run's own file, so the way out is to start over (every rank alike)."""
+    return str(e) if "--fresh" in str(e) else f"{e}; delete it or train with --fresh to start over"
+
+
 def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, progress: bool, main: bool) -> Path:
     """One process's training: rank 0 (``main``) holds the lock and writes the checkpoints, the
     curves and the model; other ranks only train."""
     if not main:
         trainer = build_trainer(params, data, device, checkpoint=paths.CHECKPOINT)  # read through rank 0
-        trainer.resume_if_possible()
+        try:
+            trainer.resume_if_possible()
+        except CheckpointError as e:
+            raise UserError(checkpoint_refused(e)) from None
         trainer.fit()
         return paths.MODEL
     lock = FileLock(str(paths.LOCK))
@@ -171,7 +179,7 @@ def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, pro
                 done, total = trainer.start_epoch, trainer.config.epochs
                 print(f"resuming from {paths.CHECKPOINT} at epoch {done + 1}/{total} ({done} done)")
         except CheckpointError as e:
-            raise UserError(str(e)) from None
+            raise UserError(checkpoint_refused(e)) from None
         trainer.fit()  # a diverged run: TrainingFailed from train(), for every rank alike
         finish_run(trainer.method, params, data)
         # The finished run lives on in the model file; a stale checkpoint would only block the next
