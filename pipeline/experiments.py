@@ -34,9 +34,17 @@ def dvc(*args: str, cwd: Path | str = ".") -> str:
     # DVC of this environment, whatever PATH holds.
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode:
-        lines = [x for x in (proc.stderr + proc.stdout).splitlines() if x.startswith("ERROR")] or ["failed"]
-        raise UserError(f"dvc {' '.join(args)}: {lines[-1]}")
+        raise UserError(f"dvc {' '.join(args)}: {dvc_reason(proc)}")
     return proc.stdout
+
+
+def dvc_reason(proc: subprocess.CompletedProcess) -> str:
+    """A failed DVC command's reason: its own ERROR line (the summary; with a traceback after it,
+    e.g. a damaged .dvc/config, the last line would be only the parser's "at line 1"), else the
+    last line it printed."""
+    lines = [x for x in (proc.stderr + proc.stdout).splitlines() if x.strip()]
+    errors = [x for x in lines if x.startswith("ERROR")]
+    return (errors or lines or ["failed"])[0 if errors else -1]
 
 
 CODE = ("ffl", "pipeline", "dvc.yaml", "configs", "pyproject.toml")
@@ -61,7 +69,7 @@ def experiments(all_commits: bool = True) -> list[dict]:
     cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise UserError(f"dvc exp show: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
+        raise UserError(f"dvc exp show: {dvc_reason(proc)}")
     found = []
     for baseline in json.loads(proc.stdout or "[]"):
         for exp in baseline.get("experiments") or []:

@@ -399,3 +399,21 @@ def test_a_run_whose_node_or_worker_was_lost_says_so_in_one_line():
     died = ray.exceptions.WorkerCrashedError()
     assert run_failure(died) == "its Ray worker process died, on each of 2 tries (the system out of memory, or killed)"
     assert run_failure(ValueError("bad shape\nmore")) == "bad shape"
+
+
+def test_a_failed_dvc_command_is_said_by_its_own_error_line():
+    import subprocess
+
+    from pipeline.experiments import dvc_reason
+
+    damaged_config = subprocess.CompletedProcess(
+        [],
+        251,
+        "",
+        "ERROR: configuration error - config file error: Invalid line ('garbage') at line 1.\n"
+        'Traceback (most recent call last):\n  File "dvc/config.py", line 213, in load_file\n'
+        "configobj.ParseError: Invalid line ('garbage') at line 1.\n",
+    )
+    assert dvc_reason(damaged_config).startswith("ERROR: configuration error - config file error")
+    assert dvc_reason(subprocess.CompletedProcess([], 1, "", "something\nwent wrong\n")) == "went wrong"
+    assert dvc_reason(subprocess.CompletedProcess([], 1, "", "")) == "failed"
