@@ -302,8 +302,9 @@ def test_uncommitted_code_is_refused_before_any_run(repo, monkeypatch):
 
 @pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_a_recorded_run_applies_like_any_experiment(repo, monkeypatch):
-    """`dvc exp apply` brings a run's model back from the cache it was recorded into."""
-    run("dvc exp apply cifar100-ablation-A-s1", repo)
+    """`dvc exp apply` brings a run's model back from the cache it was recorded into (a run that
+    test_reproduce_records_every_run_continues_and_reports recorded in this module's repository)."""
+    run("dvc exp apply cifar100-ablation-D-s1", repo)
     from ffl.artifact import load_model
 
     method, info = load_model(Path(repo) / "models/model.pt")
