@@ -94,36 +94,47 @@ def _when_a_task_runs_on(node, name, deadline_s=300):
         time.sleep(0.05)
 
 
-def test_reproduce_spreads_runs_over_the_nodes_and_a_lost_node_s_run_is_run_again(cluster, tmp_path):
-    """`ffl reproduce --address` over three one-CPU nodes, a run on each; the node running one of
-    them is lost mid-run: its run is run again on a node that is left, every run is recorded, once."""
+def _lose_a_node_while(cluster, args, cwd, when):
+    """`ffl ARGS --address` (another process) on the cluster with a third one-CPU node added; that
+    node removed once ``when(node)`` returns. The node, the process, its stdout and stderr."""
     import subprocess
     import sys
 
-    import ray
-
     from tests.helpers import FFL_ENV
 
-    repo = project_repo(tmp_path, tiny_params())
     lost = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    args = ["reproduce", "cifar100-ablation", "--rows", "A", *[a for s in (0, 1, 2) for a in ("--seeds", str(s))]]
-    tiny = [a for s in [*TINY, "train.epochs=4"] for a in ("-S", s)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args, *tiny, "--address", cluster.address],
-        cwd=repo,
+        [sys.executable, "-m", "pipeline", *args, "--address", cluster.address],
+        cwd=cwd,
         env=FFL_ENV,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        _when_a_task_runs_on(lost, "execute")
-        time.sleep(2)  # well into its run
+        when(lost)
         cluster.remove_node(lost)
         out, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
+    return lost, proc, out, err
+
+
+def test_reproduce_spreads_runs_over_the_nodes_and_a_lost_node_s_run_is_run_again(cluster, tmp_path):
+    """`ffl reproduce --address` over three one-CPU nodes, a run on each; the node running one of
+    them is lost mid-run: its run is run again on a node that is left, every run is recorded, once."""
+    import ray
+
+    repo = project_repo(tmp_path, tiny_params())
+    args = ["reproduce", "cifar100-ablation", "--rows", "A", *[a for s in (0, 1, 2) for a in ("--seeds", str(s))]]
+    tiny = [a for s in [*TINY, "train.epochs=4"] for a in ("-S", s)]
+
+    def well_into_its_run(lost):
+        _when_a_task_runs_on(lost, "execute")
+        time.sleep(2)
+
+    _, proc, out, err = _lose_a_node_while(cluster, [*args, *tiny], repo, well_into_its_run)
     assert proc.returncode == 0, out + err
     assert out.count("recorded as a DVC experiment") == 3, out
     shown = json.loads(sh("dvc exp show --json", repo))
@@ -150,12 +161,10 @@ def test_a_search_spreads_over_the_nodes_and_a_lost_node_s_trial_resumes_elsewhe
     """`ffl tune --address` of three trials over three one-CPU nodes, into shared storage; the node
     running one of them is lost mid-trial: the trial resumes on a node that is left from its
     checkpoint (tune.max_failures: 1) and the search completes with every trial whole."""
-    import subprocess
-    import sys
 
     import ray
 
-    from tests.helpers import FFL_ENV, search_params, write_params
+    from tests.helpers import search_params, write_params
 
     shared = tmp_path / "shared"
     write_params(
@@ -169,22 +178,14 @@ def test_a_search_spreads_over_the_nodes_and_a_lost_node_s_trial_resumes_elsewhe
         ),
     )
     assert ffl(tmp_path, "prepare").returncode == 0
-    lost = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "tune", "--address", cluster.address],
-        cwd=tmp_path,
-        env=FFL_ENV,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    on_lost = []
+    lost, proc, out, err = _lose_a_node_while(
+        cluster,
+        ["tune"],
+        tmp_path,
+        lambda lost: on_lost.append(_when_a_trial_reports_from(shared / "search", lost.node_id[:8])),
     )
-    try:
-        on_lost = _when_a_trial_reports_from(shared / "search", lost.node_id[:8])
-        cluster.remove_node(lost)
-        out, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
+    (on_lost,) = on_lost
     assert proc.returncode == 0, out + err
     rows = read_trials(tmp_path / "tune/trials.csv")
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows), rows
