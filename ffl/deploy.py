@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ffl import atomic
+from ffl.data.images import read_rgb
 from ffl.errors import one_line
 from ffl.methods import Method
 
@@ -176,18 +177,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The files named, and every image file under the folders named (sorted)."""
+    """The files named, and every image file under the folders named (sorted), each once."""
     found = []
     for p in map(Path, paths):
         if p.is_dir():
             found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         else:
             found.append(p)
-    return found
+    # Named twice (a file and its folder, two spellings, a link): predicted once.
+    unique: dict[Path, Path] = {}
+    for f in found:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def load_images(paths: Sequence[Path], spec: InputSpec) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
-    """``(images, the paths they came from, [(path, why) for the ones that could not be read])``."""
+    """``(images, the paths they came from, [(path, why) for the ones that could not be read])``:
+    a file that is not an image, is damaged, or declares a size beyond ``ffl.data.images.MAX_PIXELS``
+    is one of the latter."""
     from PIL import Image
 
     transform = spec.transform()
@@ -198,27 +205,12 @@ def load_images(paths: Sequence[Path], spec: InputSpec) -> tuple[torch.Tensor, l
                 raise OSError(f"{path} does not exist")
             if not Path(path).is_file():  # a pipe or a device would block, a folder is no image
                 raise OSError(f"{path} is not a regular file")
-            with Image.open(path) as img:
-                images.append(transform(to_rgb(img)))
+            images.append(transform(read_rgb(path, spec.resize)))
             kept.append(path)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             failed.append((path, one_line(e)))
     batch = torch.stack(images) if images else torch.empty(0, 3, spec.size, spec.size)
     return batch, kept, failed
-
-
-def to_rgb(img):
-    """8-bit RGB, whatever the file holds: 16- and 32-bit grey levels are scaled down (Pillow's own
-    conversion clips them at 255), palettes, alpha and CMYK converted."""
-    from PIL import Image
-
-    if img.mode.startswith("I") or img.mode == "F":
-        import numpy as np
-
-        levels = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or levels.max() > 255 else 255.0
-        img = Image.fromarray((levels / top * 255).clip(0, 255).astype(np.uint8))
-    return img.convert("RGB")
 
 
 @torch.no_grad()

@@ -136,6 +136,18 @@ def _main(
     pass  # the options every command shares; the help is the app's
 
 
+def once(option: str, values: list | None) -> list | None:
+    """A list option's values, each once: the same seed, row, table or file given twice is one
+    input (never two runs of it, nor two copies in one model); the repeats are said on stdout."""
+    if not values:
+        return values
+    unique = list(dict.fromkeys(values))
+    if len(unique) < len(values):
+        repeated = [v for v in unique if values.count(v) > 1]
+        typer.echo(f"{option}: {', '.join(map(str, repeated))} given more than once; taken once")
+    return unique
+
+
 def _params(params: Path, overrides: list[str] | None):
     from pipeline.params import load_params
 
@@ -253,7 +265,7 @@ def export(
     run them without this project. Input: RGB floats in [0, 1], NCHW, of the size in model.json."""
     from pipeline.stages.deploy import export as run
 
-    for path in run(classifier, format_, out, model):
+    for path in run(once("--classifier", classifier), once("--format", format_), out, model):
         typer.echo(f"wrote {path}")
 
 
@@ -303,7 +315,7 @@ def reproduce(
     run and stacked seeds: the reproduce section of the params file (--params), -S included."""
     from pipeline.tables import load_tables, plan
 
-    runs = plan(load_tables(tables), table, rows, seeds, set_ or [])
+    runs = plan(load_tables(tables), table, once("--rows", rows), once("--seeds", seeds), set_ or [])
     if dry_run:
         from pipeline.estimate import dry_run as estimate
 
@@ -346,18 +358,23 @@ def report(
     table: Annotated[list[str], typer.Argument(help="tables of configs/tables.yaml")],
     set_: SetOpt = None,
     tables: TablesOpt = Path("configs/tables.yaml"),
+    force: Annotated[
+        bool, typer.Option(help="replace a report even when it was made from more runs than this one finds")
+    ] = False,
 ):
     """The paper's table beside the runs that reproduce it (mean +- std over seeds, the difference):
-    reports/<table>.md, .json and .png, from every DVC experiment whose params are a row's."""
+    reports/<table>.md, .json and .png, from every DVC experiment whose params are a row's.
+    A report is never replaced by one made from fewer runs (a clone without the experiments)
+    unless --force says so."""
     from pipeline.report import report as run
     from pipeline.tables import load_tables, pick, plan
 
     presets = load_tables(tables)
-    chosen = {name: pick(presets, name, None)[0] for name in table}  # every name checked before writing
+    chosen = {name: pick(presets, name, None)[0] for name in once("tables", table)}  # all checked before writing
     for name in chosen:
         plan(presets, name, None, [0], set_ or [])  # every row's params valid (-S keys included)
     for name, preset in chosen.items():
-        path, entries = run(name, preset, set_ or [])
+        path, entries = run(name, preset, set_ or [], force=force)
         missing = sorted({e["row"] for e in entries if e["mean"] is None})
         typer.echo(f"wrote {path}" + (f" (no runs yet: {', '.join(missing)})" if missing else ""))
 

@@ -203,14 +203,44 @@ def picture(table: Table, entries: list[dict]) -> bytes:
     return png.getvalue()
 
 
-def report(name: str, table: Table, overrides: list[str] = (), out: Path = REPORTS) -> tuple[Path, list[dict]]:
+def runs_in(entries: list[dict]) -> int:
+    """How many runs a report was made from (each run once, whatever number of metrics it gives)."""
+    return len({(e["row"], run) for e in entries for run in e.get("runs") or ()})
+
+
+def check_not_less(path: Path, entries: list[dict]) -> None:
+    """A report is evidence: one made from fewer runs than the report at ``path`` (a fresh clone, which
+    has none of the DVC experiments of the machine that ran them) does not replace it."""
+    try:
+        before = runs_in(json.loads(path.read_text())["rows"])
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: nothing to keep
+        return
+    now = runs_in(entries)
+    if now < before:
+        raise UserError(
+            f"{path}: made from {before} runs, and this report finds {now} (DVC experiments stay in the repository "
+            f"that ran them: `dvc exp pull <remote>` brings them here); --force replaces it"
+        )
+
+
+def report(
+    name: str, table: Table, overrides: list[str] = (), out: Path = REPORTS, force: bool = False
+) -> tuple[Path, list[dict]]:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is not a folder; the reports are written into one")
     entries = summarise(table, experiments(), overrides)
+    if not force:
+        check_not_less(out / f"{name}.json", entries)
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()} for e in entries]
-    atomic.write_text(out / f"{name}.json", json.dumps({"title": table.title, "rows": clean}, indent=2) + "\n")
-    atomic.write_bytes(out / f"{name}.png", picture(table, entries))
-    atomic.write_text(out / f"{name}.md", markdown(name, table, entries))
+    atomic.write_together(
+        {
+            out / f"{name}.json": (json.dumps({"title": table.title, "rows": clean}, indent=2) + "\n").encode(),
+            out / f"{name}.png": picture(table, entries),
+            out / f"{name}.md": markdown(name, table, entries).encode(),
+        }
+    )
     return out / f"{name}.md", entries
 
 

@@ -55,9 +55,19 @@ class Table(Section):
         return self
 
 
-def load_tables(path: Path = TABLES) -> dict[str, Table]:
+class Tables(dict[str, Table]):
+    """The tables of one file, which the messages name."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+
+def load_tables(path: Path = TABLES) -> Tables:
     raw = read_yaml(path)
-    tables = {}
+    if not raw:
+        raise ParamsError(str(path), "holds no tables (an empty file?); configs/tables.yaml shows the form")
+    tables = Tables(path)
     for name, table in raw.items():
         if not re.match(NAME, str(name)):
             raise ParamsError(f"{path}: {name}", "a table's name is a plain word (letters, digits, - and _)")
@@ -72,7 +82,8 @@ def load_tables(path: Path = TABLES) -> dict[str, Table]:
 
 def pick(tables: dict[str, Table], name: str, rows: list[str] | None) -> tuple[Table, list[str]]:
     if name not in tables:
-        raise UserError(f"no table {name!r}; the tables are {', '.join(tables)}")
+        where = f" in {tables.path}" if isinstance(tables, Tables) else ""
+        raise UserError(f"no table {name!r}{where}; its tables are {', '.join(tables)}")
     table = tables[name]
     unknown = [r for r in rows or () if r not in table.rows]
     if unknown:

@@ -97,3 +97,19 @@ def write_imagefolder(root: Path, classes=("cat", "dog"), per_class: dict | None
             for i in range(n):
                 path = root / split / c / f"{i}.{'jpg' if split == 'train' else 'png'}"
                 Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(path)
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` RGB pixels (a
+    decompression bomb as a reader meets it: the header is all that is read before decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+    return path

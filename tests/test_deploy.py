@@ -165,6 +165,22 @@ def test_predict_names_unreadable_files_and_goes_on(workdir, tmp_path):
             assert got[name] == pytest.approx(probs[i, c].item(), abs=1e-5)
 
 
+def test_predict_skips_an_image_too_large_to_decode_and_reads_each_file_once(workdir, tmp_path):
+    from tests.imagenet_archive import write_png_header
+
+    data, _, _ = split_images(workdir)
+    Image.fromarray(data.splits["test"].images[0].transpose(1, 2, 0)).save(tmp_path / "cat.png")
+    write_png_header(tmp_path / "strip.png", 100_000, 700)  # 70 million pixels declared, 80 bytes on disk
+    same = [str(tmp_path / "cat.png"), str(tmp_path), f"{tmp_path}/../{tmp_path.name}/cat.png"]
+    result = runner.invoke(app, ["predict", *same, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["file"] for x in result.stdout.splitlines()] == [str(tmp_path / "cat.png")]
+    assert result.stderr.splitlines() == [
+        f"warning: {tmp_path / 'strip.png'}: cannot read it as an image (100000 x 700 pixels, beyond the 67 million "
+        "ffl decodes); skipped"
+    ]
+
+
 def test_predict_with_nothing_readable_is_an_error(workdir, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     code, out = ffl("predict", str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg"))

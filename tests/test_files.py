@@ -16,7 +16,7 @@ from ffl.data import (
     load_imagenet,
     split_loader,
 )
-from tests.imagenet_archive import WNIDS, trust_written_archives, write_imagefolder, write_imagenet
+from tests.imagenet_archive import WNIDS, trust_written_archives, write_imagefolder, write_imagenet, write_png_header
 
 
 @pytest.fixture
@@ -65,6 +65,53 @@ def test_imagefolder_layout_and_its_errors(tmp_path):
     write_imagefolder(tmp_path / "odd", classes=("cat", "cow"), per_class={"train": 2})
     with pytest.raises(DatasetNotFound, match=r"different classes \(cow\)"):
         load_imagefolder(tmp_path / "odd", 0.1, 0)
+
+
+def test_each_file_of_an_imagefolder_is_indexed_once_under_its_own_class(tmp_path):
+    import os
+
+    write_imagefolder(tmp_path / "clean")
+    write_imagefolder(tmp_path / "ds")
+    cat, dog = tmp_path / "ds/train/cat", tmp_path / "ds/train/dog"
+    (cat / "loop").symlink_to("..")  # the class folder's parent: every class's images again, as cat
+    (cat / "dogs.jpg").symlink_to(dog / "0.jpg")  # a dog, linked from the cat folder
+    (cat / "again.jpg").symlink_to(cat / "1.jpg")  # the same cat twice
+    os.link(cat / "2.jpg", cat / "hard.jpg")
+    (tmp_path / "ds/val/dog/train.png").symlink_to(dog / "3.jpg")  # a training image as a test image
+    (cat / "gone.jpg").symlink_to(cat / "nothing.jpg")
+    with pytest.warns(UserWarning) as caught:
+        data = load_imagefolder(tmp_path / "ds", val_fraction=0.25, seed=0)
+    clean = load_imagefolder(tmp_path / "clean", val_fraction=0.25, seed=0)
+    for split in ("train", "val", "test"):  # exactly the dataset without the links
+        assert data.splits[split].paths.tolist() == clean.splits[split].paths.tolist()
+        assert data.splits[split].labels.tolist() == clean.splits[split].labels.tolist()
+    files = [os.path.realpath(tmp_path / "ds" / p) for s in data.splits.values() for p in s.paths]
+    assert len(files) == len(set(files)) == 22  # no file in two splits, nor twice in one
+    assert [str(w.message) for w in caught] == [
+        f"imagefolder under {tmp_path / 'ds'}: 6 files skipped (links to folders (not followed): 1; "
+        "files indexed already (links or hard links to one file): 2; links out of their class folder: 2; "
+        "broken links: 1)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((9000, 8000), "9000 x 8000 pixels, beyond the 67 million ffl decodes"),
+        ((200_000, 20), "200000 x 20 pixels (655 million once resized to 256), beyond the 67 million ffl decodes"),
+        ((20_000, 10_000), "more than 179 million pixels, beyond the 67 million ffl decodes"),
+    ],
+)
+def test_an_image_declaring_more_pixels_than_ffl_decodes_is_named_before_it_is_decoded(tmp_path, size, message):
+    from ffl.errors import DataError
+
+    write_imagefolder(tmp_path / "ds", per_class={"train": 4, "val": 1})
+    write_png_header(tmp_path / "ds/val/cat/0.png", *size)  # a few dozen bytes on disk
+    data = load_imagefolder(tmp_path / "ds", val_fraction=0.25, seed=0)
+    loader = split_loader(data, "test", 2, "cpu", files=FileSettings(image_size=224, resize=256, workers=0))
+    with pytest.raises(DataError) as e:
+        next(iter(loader))
+    assert str(e.value).startswith(f"{tmp_path / 'ds/val/cat/0.png'}: {message}; scale it down or remove it")
 
 
 def test_prepared_index_round_trips_and_says_its_format(tmp_path):

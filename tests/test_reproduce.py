@@ -93,9 +93,80 @@ def test_a_dry_run_says_when_a_tables_data_is_not_there(monkeypatch):
 def test_unknown_tables_and_rows_are_named(monkeypatch):
     monkeypatch.chdir(ROOT)
     code = runner.invoke(app, ["reproduce", "cifar1000", "--dry-run"])
-    assert code.exit_code == 2 and "no table 'cifar1000'; the tables are cifar100-dualnet" in code.output
+    assert (
+        code.exit_code == 2
+        and "no table 'cifar1000' in configs/tables.yaml; its tables are cifar100-dualnet" in code.output
+    )
     code = runner.invoke(app, ["reproduce", "cifar100-ablation", "--rows", "E", "--dry-run"])
     assert code.exit_code == 2 and "--rows: cifar100-ablation has no row 'E'; its rows are A, B, C, D" in code.output
+
+
+def test_repeated_seeds_and_rows_are_one_run_each_and_said_so(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = [
+        "reproduce",
+        "cifar10-cpu",
+        "--rows",
+        "ffl",
+        "--rows",
+        "dml",
+        "--rows",
+        "ffl",
+        "--seeds",
+        "0",
+        "--seeds",
+        "1",
+    ]
+    result = runner.invoke(app, [*args, "--seeds", "0", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:2] == ["--rows: ffl given more than once; taken once", "--seeds: 0 given more than once; taken once"]
+    runs = [x.split()[0] for x in lines[2:-1]]
+    assert sorted(runs) == sorted(f"cifar10-cpu-{r}-s{s}" for r in ("ffl", "dml") for s in (0, 1))
+    assert lines[-1].startswith("4 runs,")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "holds no tables (an empty file?); configs/tables.yaml shows the form"),
+        ("# nothing but a comment\n", "holds no tables (an empty file?)"),
+        ("tiny: [1, 2\n", "malformed YAML at line 2"),
+        ("- a list\n", "params must be a mapping of sections, got list"),
+    ],
+)
+def test_an_empty_or_damaged_tables_file_is_named_with_what_is_wrong(tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "t.yaml").write_text(text)
+    result = runner.invoke(app, ["reproduce", "tiny", "--tables", str(tmp_path / "t.yaml"), "--dry-run"])
+    assert result.exit_code == 2 and f"error: {tmp_path / 't.yaml'}: {message}" in result.output, result.output
+
+
+def test_a_report_is_not_replaced_by_one_made_from_fewer_runs(tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline import report
+
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    (tmp_path / "configs").mkdir()
+    shutil.copy(ROOT / "configs/tables.yaml", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    runs = own_table_runs({"vanilla": [20.0, 21.0, 22.0], "ffl": [17.0, 17.5, 18.0]})
+    monkeypatch.setattr(report, "experiments", lambda: runs)
+    assert runner.invoke(app, ["report", "cifar10-cpu"]).exit_code == 0
+    written = {f.name: f.read_bytes() for f in (tmp_path / "reports").iterdir()}
+    assert set(written) == {"cifar10-cpu.md", "cifar10-cpu.json", "cifar10-cpu.png"}
+
+    monkeypatch.setattr(report, "experiments", lambda: runs[:4])  # a clone with fewer experiments
+    result = runner.invoke(app, ["report", "cifar10-cpu"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "error: reports/cifar10-cpu.json: made from 6 runs, and this report finds 4 (DVC experiments stay in the "
+        "repository that ran them: `dvc exp pull <remote>` brings them here); --force replaces it"
+    )
+    assert {f.name: f.read_bytes() for f in (tmp_path / "reports").iterdir()} == written  # nothing written
+    assert runner.invoke(app, ["report", "cifar10-cpu", "--force"]).exit_code == 0
+    assert "| ffl | fused (deployed) | 17.00 | 1 |" in (tmp_path / "reports/cifar10-cpu.md").read_text()
 
 
 # -- the whole path: Ray, DVC experiments, the report -------------------------------------------

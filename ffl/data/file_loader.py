@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision import transforms
-from torchvision.datasets.folder import default_loader
 
 from ffl.data.files import FileSplit
+from ffl.data.images import ImageTooLarge, read_rgb
 from ffl.data.loader import Batches, view_seed
 from ffl.distributed import Ranks
 from ffl.errors import DataError, one_line
@@ -43,8 +43,9 @@ class FileSettings:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, split: FileSplit, root: str, transform):
+    def __init__(self, split: FileSplit, root: str, transform, resize: int):
         self.paths = split.paths
+        self.resize = resize  # evaluation's shorter side: what the size check allows for
         self.labels = split.labels
         self.root = Path(root)
         self.transform = transform
@@ -57,7 +58,9 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path = self.root / str(self.paths[i])
         try:
-            image = default_loader(str(path))
+            image = read_rgb(path, self.resize)
+        except ImageTooLarge as e:
+            raise DataError(f"{path}: {e}; scale it down or remove it, then prepare the data again") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises
             raise DataError(
                 f"{path}: damaged, empty or not an image ({one_line(e)}); replace or remove it, "
@@ -106,7 +109,7 @@ class FileLoader(Batches):
             steps += [transforms.RandomHorizontalFlip()] if flip else []
         else:
             steps = [transforms.Resize(files.resize), transforms.CenterCrop(files.image_size)]
-        self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]))
+        self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]), files.resize)
         self.dataset.views = views
         self.workers = files.workers
 

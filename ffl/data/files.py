@@ -11,6 +11,7 @@ Either way a validation split is held out of ``train`` for model selection and t
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,23 +114,77 @@ def load_imagenet(root: str | Path, val_fraction: float, seed: int) -> FileDatas
 
 
 def load_imagefolder(root: str | Path, val_fraction: float, seed: int) -> FileDataset:
-    """``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (val is the test split)."""
-    from torchvision.datasets import ImageFolder
+    """``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (val is the test split).
+
+    Each file is indexed once, under the class folder it lies in: links are followed only to files
+    inside their own class folder (a link to a parent folder would index other classes' images
+    under this class, and the same file in both the training and the validation split), and a file
+    reached twice (a link, a hard link, a link from val/ into train/) is indexed where it is met
+    first. What was skipped is said in one warning."""
+    from torchvision.datasets.folder import find_classes
 
     given, root = root, Path(root).resolve()
-    folders = {}
+    found, skipped, seen = {}, {}, set()
     for split in ("train", "val"):
         try:
-            folders[split] = ImageFolder(str(root / split))
+            classes, _ = find_classes(str(root / split))
+            found[split] = (classes, _index_classes(root, split, classes, seen, skipped))
+            if not len(found[split][1]):
+                raise FileNotFoundError(f"no image files in {root / split}")
         except (OSError, RuntimeError) as e:
             raise DatasetNotFound(
                 f"imagefolder under {given}: {split}/ is missing or empty ({one_line(e)}); "
                 f"expected {given}/train/<class>/<image> and {given}/val/<class>/<image>"
             ) from None
-    train, test = folders["train"], folders["val"]
-    if train.classes != test.classes:
-        only = sorted(set(train.classes) ^ set(test.classes))
+    (classes, train), (test_classes, test) = found["train"], found["val"]
+    if classes != test_classes:
+        only = sorted(set(classes) ^ set(test_classes))
         raise DatasetNotFound(
             f"imagefolder under {given}: train/ and val/ have different classes ({', '.join(only[:5])})"
         )
-    return _with_val("imagefolder", train.classes, root, _index(train, root), _index(test, root), val_fraction, seed)
+    if skipped:
+        warnings.warn(
+            f"imagefolder under {given}: {sum(skipped.values())} files skipped ("
+            + "; ".join(f"{why}: {n}" for why, n in skipped.items())
+            + ")",
+            stacklevel=2,
+        )
+    return _with_val("imagefolder", classes, root, train, test, val_fraction, seed)
+
+
+def _index_classes(root: Path, split: str, classes: list[str], seen: set, skipped: dict) -> FileSplit:
+    """The image files of ``root/split/<class>/`` (sorted, as ImageFolder orders them), each file
+    once over every split (``seen``: their (device, inode)); ``skipped`` counts the others by reason."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / split / name
+        inside = os.path.realpath(folder)
+        for here, dirs, files in sorted(os.walk(folder)):  # links to folders are listed, not entered
+            for d in dirs:
+                if os.path.islink(os.path.join(here, d)):
+                    skip("links to folders (not followed)")
+            for f in sorted(files):
+                path = os.path.join(here, f)
+                if not f.lower().endswith(IMG_EXTENSIONS):
+                    continue
+                real = os.path.realpath(path)
+                if os.path.commonpath([real, inside]) != inside:
+                    skip("links out of their class folder")
+                    continue
+                try:
+                    info = os.stat(real)
+                except OSError:
+                    skip("broken links")
+                    continue
+                if (info.st_dev, info.st_ino) in seen:
+                    skip("files indexed already (links or hard links to one file)")
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+                paths.append(os.path.relpath(path, root))
+                labels.append(label)
+    return FileSplit(np.array(paths, dtype=str), np.asarray(labels, dtype=np.int64))
