@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,18 +27,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove_stale(path: Path, pid: str) -> None:
+    """Removes ``path`` if ``pid``, the process that made it, no longer runs (it was killed before
+    it could remove it itself)."""
+    if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def beside(path: Path, kind: str) -> Path:
     """``.<name>.<kind>-<pid>`` beside ``path``, for this process. Those a killed process left
     (its pid no longer runs) are removed here, the next time the same path is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.{kind}-*"):
-        pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+        _remove_stale(stale, stale.name.rsplit("-", 1)[1])
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def clear_scratch(prefix: str) -> None:
+    """Removes the scratch directories ``<prefix><pid>-*`` (``scratch``) of processes that no
+    longer run, from the system's temporary folder."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        _remove_stale(stale, stale.name[len(prefix) :].split("-", 1)[0])
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A directory of the system's temporary folder for this process's work, ``<prefix><pid>-*``,
+    removed when the block ends, however it ends. A process killed in the block cannot remove its
+    own: every later ``scratch`` of the same prefix removes those of processes gone (and
+    ``clear_scratch`` does, for a caller that killed them)."""
+    clear_scratch(prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

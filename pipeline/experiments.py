@@ -12,11 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from ffl import atomic
 from pipeline.errors import UserError
 from pipeline.params import Params
 from pipeline.runtime import working_directory
@@ -118,42 +118,41 @@ def recorder():
     shares this repository's refs and DVC cache (the user's workspace is never touched)."""
     repo = Path.cwd()
     cache = dvc("cache", "dir").strip()
-    git("worktree", "prune")
-    tree = Path(tempfile.mkdtemp(prefix="ffl-reproduce-"))
-    git("worktree", "add", "--detach", "--force", str(tree), "HEAD")
-    try:
-        dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=tree)
+    git("worktree", "prune")  # those of a killed reproduce, whose folders scratch removes
+    with atomic.scratch("ffl-reproduce-") as tree:
+        git("worktree", "add", "--detach", "--force", str(tree), "HEAD")
+        try:
+            dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=tree)
 
-        def record(run: Run, files: dict[str, bytes]) -> None:
-            from ffl.data import prepared_provenance
-            from pipeline.stages.prepare import prepare
+            def record(run: Run, files: dict[str, bytes]) -> None:
+                from ffl.data import prepared_provenance
+                from pipeline.stages.prepare import prepare
 
-            git("checkout", "--", ".", cwd=tree)
-            git("clean", "-fdq", cwd=tree)  # ignored outputs (data/) stay until replaced
-            for out in OUTPUTS:
-                target = tree / out
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            for rel, content in files.items():
-                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tree / rel).write_bytes(content)
-            (tree / "params.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
-            # prepare's output, for dvc.lock: deterministic from the data params, made here once.
-            with working_directory(tree):
-                here = link_data_root(run.params, str((repo / run.params.data.root).resolve()))
-                if prepared_provenance("data/prepared") != run.params.data.provenance():
-                    prepare(here)
-            (tree / "checkpoints").mkdir(exist_ok=True)  # train's persistent output, empty once a run finished
-            dvc("commit", "-f", cwd=tree)
-            dvc("exp", "save", "-f", "-n", run.name, "-I", "dvclive", "-I", "plots", "-I", "metrics", cwd=tree)
+                git("checkout", "--", ".", cwd=tree)
+                git("clean", "-fdq", cwd=tree)  # ignored outputs (data/) stay until replaced
+                for out in OUTPUTS:
+                    target = tree / out
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    elif target.exists():
+                        target.unlink()
+                for rel, content in files.items():
+                    (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (tree / rel).write_bytes(content)
+                (tree / "params.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
+                # prepare's output, for dvc.lock: deterministic from the data params, made here once.
+                with working_directory(tree):
+                    here = link_data_root(run.params, str((repo / run.params.data.root).resolve()))
+                    if prepared_provenance("data/prepared") != run.params.data.provenance():
+                        prepare(here)
+                (tree / "checkpoints").mkdir(exist_ok=True)  # train's persistent output, empty once a run finished
+                dvc("commit", "-f", cwd=tree)
+                dvc("exp", "save", "-f", "-n", run.name, "-I", "dvclive", "-I", "plots", "-I", "metrics", cwd=tree)
 
-        yield record
-    finally:
-        with contextlib.suppress(UserError):
-            git("worktree", "remove", "--force", str(tree))
-        shutil.rmtree(tree, ignore_errors=True)
+            yield record
+        finally:
+            with contextlib.suppress(UserError):
+                git("worktree", "remove", "--force", str(tree))
 
 
 OUTPUTS = ("models", "metrics", "plots", "dvclive")  # every stage's, prepare's aside (made where recorded)

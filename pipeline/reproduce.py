@@ -14,10 +14,9 @@ stopped; a run that fails is reported with its reason and the others go on.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
+from ffl import atomic
 from ffl.errors import one_line
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.estimate import flops_per_image, train_images
@@ -41,18 +40,14 @@ def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes]
 
     torch.set_num_threads(max(1, int(threads)))
     params = validate(raw)
-    scratch = Path(tempfile.mkdtemp(prefix="ffl-run-"))
-    try:
-        with working_directory(scratch):
-            params = link_data_root(params, data_root)
-            prepare(params)
-            train(params, progress=False)
-            evaluate(params)
-            export()
-            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-            return {str(f): f.read_bytes() for f in output_files()}, node
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with atomic.scratch(SCRATCH) as scratch, working_directory(scratch):
+        params = link_data_root(params, data_root)
+        prepare(params)
+        train(params, progress=False)
+        evaluate(params)
+        export()
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        return {str(f): f.read_bytes() for f in output_files()}, node
 
 
 def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[list[dict[str, bytes]], str]:
@@ -71,8 +66,7 @@ def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[l
     from pipeline.stages.train import finish_run
 
     torch.set_num_threads(max(1, int(threads)))
-    scratch = Path(tempfile.mkdtemp(prefix="ffl-runs-"))
-    try:
+    with atomic.scratch(SCRATCH) as scratch:
         dirs = [scratch / f"run{i}" for i in range(len(raws))]
         runs = []
         for d, raw in zip(dirs, raws):
@@ -97,8 +91,6 @@ def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[l
                 results.append({str(f): f.read_bytes() for f in output_files()})
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         return results, node
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def output_files() -> list[Path]:
@@ -166,6 +158,10 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
+        # The killed runs could not remove their scratch directories: once they are gone, this
+        # machine's are (another node's go with the next run there).
+        ray.wait(list(pending), num_returns=len(pending), timeout=10)
+        atomic.clear_scratch(SCRATCH)
         raise Interrupted(
             f"interrupted; {len(summary['done'])} runs recorded, {sum(map(len, pending.values()))} not: "
             "the same command continues with those"
@@ -180,6 +176,7 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
 
 
 LOST_RUN_RETRIES = 1
+SCRATCH = "ffl-run-"  # a run's scratch directory in the worker's temporary folder: ffl-run-<pid>-*
 
 
 def run_failure(e: Exception) -> str:

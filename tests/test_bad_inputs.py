@@ -1,6 +1,8 @@
 """Bad inputs end with one clear line and a non-zero exit, and leave every earlier output as it was."""
 
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -279,6 +281,30 @@ def test_temporary_files_of_killed_writers_are_removed(workdir):
     running.write_bytes(b"")
     assert ffl("train")[0] == 0
     assert not stale.exists() and not stale_model.exists() and running.exists()
+
+
+def test_scratch_directories_go_however_their_block_ends_and_those_of_killed_processes_with_the_next(tmp_path):
+    import subprocess
+    import tempfile
+
+    from ffl import atomic
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    prefix = f"ffl-test-{tmp_path.name}-"
+    stale = Path(tempfile.mkdtemp(prefix=f"{prefix}{gone.pid}-"))  # left by a killed run
+    (stale / "data").mkdir()
+    running = Path(tempfile.mkdtemp(prefix=f"{prefix}1-"))  # pid 1 runs: a run still at work
+    with pytest.raises(KeyboardInterrupt), atomic.scratch(prefix) as scratch:
+        assert scratch.name.startswith(f"{prefix}{os.getpid()}-") and scratch.is_dir()
+        assert not stale.exists() and running.is_dir()
+        (scratch / "models").mkdir()
+        raise KeyboardInterrupt
+    assert not scratch.exists() and running.is_dir()
+    again = Path(tempfile.mkdtemp(prefix=f"{prefix}{gone.pid}-"))
+    atomic.clear_scratch(prefix)  # what the driver of killed runs does
+    assert not again.exists() and running.is_dir()
+    running.rmdir()
 
 
 @pytest.mark.parametrize(

@@ -208,6 +208,22 @@ def experiments(repo, what="metrics") -> dict[str, dict]:
     return out
 
 
+def left_by_killed_runs() -> list:
+    """Scratch directories of runs (``ffl-run-<pid>-*``) whose process no longer runs."""
+    import os
+    import tempfile
+
+    def gone(pid: str) -> bool:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    found = Path(tempfile.gettempdir()).glob(f"{rp.SCRATCH}*-*")
+    return [d for d in found if gone(d.name.removeprefix(rp.SCRATCH).split("-")[0])]
+
+
 @pytest.mark.slow  # a git + DVC repository, runs on Ray
 def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     import ray
@@ -226,6 +242,7 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     code, out = ffl(repo, monkeypatch, *args)
     assert code == 130 and "interrupted; 1 runs recorded, 1 not: the same command continues with those" in out, out
     assert len(experiments(repo)) == 1
+    assert not left_by_killed_runs()  # the run killed mid-way could not remove its scratch: the driver did
     monkeypatch.setattr(ray, "wait", wait)
     # The same command continues: the recorded run is not run again.
     code, out = ffl(repo, monkeypatch, *args)
@@ -257,7 +274,9 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     assert (repo / "reports/cifar100-ablation.png").read_bytes().startswith(b"\x89PNG")
     # Runs of other params (here: without the -S) are not taken for the row's.
     code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation")
-    assert "no runs yet: A, B, C, D" in out
+    assert code == 2 and "made from 2 runs, and this report finds 0" in out  # not replaced by less
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", "--force")
+    assert code == 0 and "no runs yet: A, B, C, D" in out
     # The row again with other params (a tuned row beside its preset): its own experiment, the
     # preset's run kept, and the same command skips it after.
     tuned = [*args[:4], "--seeds", "0", *SET_TINY, "-S", "method.ffl.temperature=2.0"]
