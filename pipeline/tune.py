@@ -13,6 +13,7 @@ bounds a search in time: trials stop starting when it runs out and the finished 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -23,7 +24,7 @@ import ray.tune
 
 from ffl.config_diff import described, differences
 from ffl.errors import one_line
-from pipeline.errors import Interrupted, UserError
+from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params, tune_metric
 from pipeline.ray_cluster import check_files_reach_every_node, check_resources, start_ray
 from pipeline.signals import take_back_terminate
@@ -254,9 +255,17 @@ def tune(
     # SIGTERM (a scheduler pre-empting the job) stops the search as Ctrl-C does: Tune's own SIGINT
     # handler lets the running trials checkpoint and saves the search's state.
     take_back_terminate()
+    # Tune logs "Trials did not complete: [...]" at ERROR after a search with failed trials: Progress
+    # has said each one, with its reason.
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     started = time.monotonic()
     results = tuner.fit()
     wall = time.monotonic() - started
+    if storage.started_with() is None:  # deleted under the running search (Ray makes its own files again)
+        raise TrainingFailed(
+            f"{experiment}: deleted while the search ran, so its trials could not keep their checkpoints and "
+            f"the search cannot be resumed; `ffl tune --fresh` runs it again ({out} keeps no partial results)"
+        )
     extra = {"scored_on": scored_on(data), "wall_s": round(wall)}
     budget = params.tune.time_budget_min
     if results.num_terminated + results.num_errors < params.tune.trials:

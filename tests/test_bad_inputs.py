@@ -565,6 +565,8 @@ def test_a_disk_that_fills_while_torch_saves_names_the_file(workdir, monkeypatch
         "error: disk full: checkpoints/last.pt could not be written; free space and run it again"
     ), out
     assert not list(workdir.glob("checkpoints/.last.pt.tmp-*")) and not (workdir / "checkpoints/last.pt").exists()
+    # The run left nothing of itself: no curves of an epoch that no checkpoint holds.
+    assert not (workdir / "checkpoints/dvclive").exists() and not (workdir / "dvclive").exists()
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -208,20 +208,29 @@ def experiments(repo, what="metrics") -> dict[str, dict]:
     return out
 
 
-def left_by_killed_runs() -> list:
-    """Scratch directories of runs (``ffl-run-<pid>-*``) whose process no longer runs."""
-    import os
+def scratch_directories() -> set[Path]:
     import tempfile
 
-    def gone(pid: str) -> bool:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        return False
+    return set(Path(tempfile.gettempdir()).glob(f"{rp.SCRATCH}*-*"))
 
-    found = Path(tempfile.gettempdir()).glob(f"{rp.SCRATCH}*-*")
-    return [d for d in found if gone(d.name.removeprefix(rp.SCRATCH).split("-")[0])]
+
+def left_by_killed_runs(before: set[Path]) -> list[Path]:
+    """The runs' scratch directories (``ffl-run-<pid>-*``) made since ``before`` and left behind,
+    once the processes that made them have ended (a run killed by the driver ends soon after it)."""
+    import os
+    import time
+
+    def running(d: Path) -> bool:
+        try:
+            os.kill(int(d.name.removeprefix(rp.SCRATCH).split("-")[0]), 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 30
+    while any(d.exists() and running(d) for d in scratch_directories() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [d for d in scratch_directories() - before if d.exists()]
 
 
 @pytest.mark.slow  # a git + DVC repository, runs on Ray
@@ -239,10 +248,11 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
         return wait(*a, **k)
 
     monkeypatch.setattr(ray, "wait", interrupted_wait)
+    before = scratch_directories()
     code, out = ffl(repo, monkeypatch, *args)
     assert code == 130 and "interrupted; 1 runs recorded, 1 not: the same command continues with those" in out, out
     assert len(experiments(repo)) == 1
-    assert not left_by_killed_runs()  # the run killed mid-way could not remove its scratch: the driver did
+    assert not left_by_killed_runs(before)  # the run killed mid-way could not remove its scratch: the driver did
     monkeypatch.setattr(ray, "wait", wait)
     # The same command continues: the recorded run is not run again.
     code, out = ffl(repo, monkeypatch, *args)

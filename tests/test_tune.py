@@ -175,6 +175,23 @@ def test_sigterm_ends_the_search_cleanly_and_it_resumes(workdir):
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
 
 
+def test_a_search_whose_folder_is_deleted_while_it_runs_fails_in_one_line(workdir):
+    import shutil
+
+    proc, _ = search_until_one_trial_finished(workdir, stderr=subprocess.PIPE)
+    shutil.rmtree(workdir / "tune")  # a careless `rm -rf tune` beside the running search
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
+    assert err.strip().splitlines() == [
+        "error: tune/ray/search: deleted while the search ran, so its trials could not keep their checkpoints and "
+        "the search cannot be resumed; `ffl tune --fresh` runs it again (tune keeps no partial results)"
+    ]
+    assert not (workdir / "tune/trials.csv").exists() and not (workdir / "tune/summary.json").exists()
+    again = ffl(workdir, "tune", "--fresh")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(read_trials(workdir / "tune/trials.csv")) == 3
+
+
 def test_an_address_nothing_answers_on_fails_at_once(workdir):
     import socket
 

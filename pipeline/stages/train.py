@@ -3,6 +3,7 @@ several DDP processes when ``train.processes`` says so; under the directory's lo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -185,6 +186,13 @@ def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, pro
         # The finished run lives on in the model file; a stale checkpoint would only block the next
         # configuration from starting.
         paths.CHECKPOINT.unlink(missing_ok=True)
+    except BaseException:
+        # Curves of epochs that no checkpoint holds are of nothing a rerun resumes (it rewrites them
+        # from the checkpoint's history): a run that failed or stopped before its first checkpoint
+        # leaves nothing of itself behind.
+        if not paths.CHECKPOINT.exists():
+            shutil.rmtree(paths.LIVE, ignore_errors=True)
+        raise
     finally:
         lock.release()
     return paths.MODEL
