@@ -92,7 +92,6 @@ def write_results(
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
-    atomic.write_text(out / "trials.csv", table.getvalue())
     summary = {
         "trials": len(rows),
         "completed": sum(r["status"] == "completed" for r in rows),
@@ -106,15 +105,21 @@ def write_results(
     summary |= extra or {}
     ran = apply_config(trial_raw(params, raw), best_config)  # exactly what the best trial trained
     pairs = changed_params(base if base is not None else raw, ran)
-    atomic.write_text(
-        out / "best_params.yaml",
+    best_params = (
         f"# What the best of {len(rows)} trials ran ({metric} = {best['score']:.4f}, on the validation split): "
         f"`ffl train -p {out}/best_params.yaml`.\n"
         f"# train.epochs is the trials' length (tune.epochs); the same as -S pairs: {out}/best_overrides.txt\n"
-        + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False),
+        + yaml.safe_dump(ran | {"tune": raw.get("tune", {})}, sort_keys=False)
     )
-    atomic.write_text(out / "best_overrides.txt", " ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n")
-    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    # One search's results: all of them replaced, or (a full disk) none.
+    atomic.write_together(
+        {
+            out / "trials.csv": table.getvalue().encode(),
+            out / "best_params.yaml": best_params.encode(),
+            out / "best_overrides.txt": (" ".join(f"-S {k}={v}" for k, v in pairs.items()) + "\n").encode(),
+            out / "summary.json": (json.dumps(summary, indent=2) + "\n").encode(),
+        }
+    )
     write_plots(rows, params, out / "plots")
     return summary
 
