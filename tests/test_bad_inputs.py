@@ -152,6 +152,37 @@ def test_corrupted_prepared_dataset(workdir):
     assert_refused(["train"], 2, "data/prepared: prepared dataset is unreadable", workdir)
 
 
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        # numpy would allocate what the header says before reading: 112 TiB, "out of memory"
+        ("(40000000000, 3, 32, 32)", "train_images: its header declares (40000000000, 3, 32, 32) uint8"),
+        ("(4, 3, 32, 31)", "train_images: its header declares (4, 3, 32, 31) uint8 (11,904 bytes), the archive "
+         "holds 12,288"),
+    ],
+)  # fmt: skip
+def test_a_prepared_array_whose_header_declares_another_size_is_refused_before_it_is_read(workdir, shape, message):
+    import zipfile
+
+    import numpy as np
+
+    arrays = workdir / "data/prepared/arrays.npz"
+    with np.load(arrays) as z:
+        content = {k: z[k][:4] if k == "train_images" else z[k] for k in z.files}
+    content["train_labels"] = content["train_labels"][:4]
+    np.savez(arrays, **content)
+    with zipfile.ZipFile(arrays) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    header = members["train_images.npy"][:128]
+    changed = header.replace(b"(4, 3, 32, 32), }", f"{shape}, }}".encode())
+    changed = changed[:127].ljust(127, b" ") if len(changed) > 128 else changed[:-1].ljust(127, b" ")
+    members["train_images.npy"] = changed + b"\n" + members["train_images.npy"][128:]
+    with zipfile.ZipFile(arrays, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    assert_refused(["train"], 2, ("error: data/prepared: prepared dataset is unreadable (", message), workdir)
+
+
 def test_unwritable_output_directory(workdir):
     (workdir / "models").write_text("a file where the models directory should be")
     assert_refused(["train"], 2, "models: cannot create output directory", workdir)

@@ -92,7 +92,8 @@ def read_prepared(directory: str | Path, filename: str, field: str) -> tuple[dic
     meta = json.loads((directory / "meta.json").read_text())
     check_meta(meta)
     with np.load(directory / filename) as z:
-        splits = {s: (z[f"{s}_{field}"], z[f"{s}_labels"]) for s in SPLITS if f"{s}_labels" in z}
+        arrays = {key: bounded_array(z, key) for key in z.files}
+    splits = {s: (arrays[f"{s}_{field}"], arrays[f"{s}_labels"]) for s in SPLITS if f"{s}_labels" in arrays}
     for split in ("train", "test"):
         if not len(splits.get(split, ((), ()))[1]):
             raise ValueError(f"its {split} split is missing or empty")
@@ -102,6 +103,29 @@ def read_prepared(directory: str | Path, filename: str, field: str) -> tuple[dic
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["classes"]):
             raise ValueError(f"{split} labels go beyond the {len(meta['classes'])} classes of meta.json")
     return meta, {s: (x, y.astype(np.int64)) for s, (x, y) in splits.items()}
+
+
+# Deflate's best ratio: an archive member cannot truly hold more than this times its compressed size.
+DEFLATE_MAX_RATIO = 1032
+
+
+def bounded_array(z: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    """Member ``key`` of an npz archive, read only if the size its header declares is the size the
+    archive holds: numpy allocates what the header says before it reads, so a damaged header of
+    a few bytes would otherwise ask for terabytes (and be reported as the machine out of memory)."""
+    info = z.zip.getinfo(f"{key}.npy")
+    if info.file_size > max(info.compress_size, 1) * DEFLATE_MAX_RATIO:
+        raise ValueError(f"{key}: the archive declares {info.file_size:,} bytes for {info.compress_size:,} stored")
+    with z.zip.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        header = f.tell()
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if header + declared != info.file_size:
+        raise ValueError(f"{key}: its header declares {shape} {dtype} ({declared:,} bytes), the archive holds "
+                         f"{info.file_size - header:,}")  # fmt: skip
+    return z[key]
 
 
 def check_meta(meta) -> None:
