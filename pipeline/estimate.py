@@ -9,10 +9,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.errors import ParamsError
 from pipeline.experiments import recorded, sort_out
 from pipeline.params import Params, apply_overrides, read_yaml, validate
-from pipeline.params.base import Section
+from pipeline.params.base import Section, refused
 from pipeline.tables import Run
 
 # What `ffl reproduce --dry-run` estimates from: each method's measured step (`ffl bench --methods`).
@@ -67,8 +66,7 @@ def estimate_hours(runs: list[Run], path: Path = THROUGHPUT) -> tuple[dict[str, 
     try:
         measured = Throughput.model_validate(read_yaml(path))
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ParamsError(f"{path}: {'.'.join(map(str, err['loc']))}", err["msg"]) from None
+        raise refused(e, Throughput, file=path) from None
     ref_flops: dict[tuple[str, str], float] = {}
     flops: dict[tuple[str, str], float] = {}  # a row's seeds run the same network: counted once
     out: dict[str, Estimate | None] = {}

@@ -19,8 +19,9 @@ import yaml
 from ffl import atomic
 from pipeline.errors import UserError
 from pipeline.params import Params
+from pipeline.run import run_identity
 from pipeline.runtime import working_directory
-from pipeline.tables import Run, identity
+from pipeline.tables import Run
 
 
 def git(*args: str, cwd: Path | str = ".") -> str:
@@ -82,15 +83,10 @@ def experiments(all_commits: bool = True) -> list[dict]:
     return found
 
 
-def run_key(raw: dict) -> str:
-    """A run's params as reproduce tells runs apart: its identity and its seed."""
-    return json.dumps([identity(raw), raw.get("seed")], sort_keys=True, default=str)
-
-
 def recorded() -> dict[str, str]:
-    """The experiments recorded at HEAD, name -> run_key. A run is done when its params are there,
+    """The experiments recorded at HEAD, name -> run_identity. A run is done when its params are there,
     whatever the experiment's name."""
-    return {e["name"]: run_key(e["params"]) for e in experiments(all_commits=False)}
+    return {e["name"]: run_identity(e["params"]) for e in experiments(all_commits=False)}
 
 
 def sort_out(runs: list[Run], done: dict[str, str]) -> tuple[list[Run], dict[str, str]]:
@@ -101,12 +97,12 @@ def sort_out(runs: list[Run], done: dict[str, str]) -> tuple[list[Run], dict[str
     holder = {k: name for name, k in done.items()}
     todo, skipped = [], {}
     for run in runs:
-        k = run_key(run.raw)
+        k = run_identity(run.raw)
         if k in holder:
             skipped[run.name] = holder[k]
             continue
         if run.name in done:
-            digest = hashlib.sha1(json.dumps(identity(run.raw), sort_keys=True, default=str).encode()).hexdigest()
+            digest = hashlib.sha1(run_identity(run.raw, seed=False).encode()).hexdigest()
             run = dataclasses.replace(run, variant=digest[:6])
         todo.append(run)
     return todo, skipped
@@ -126,7 +122,7 @@ def recorder():
 
             def record(run: Run, files: dict[str, bytes]) -> None:
                 from ffl.data import prepared_provenance
-                from pipeline.stages.prepare import prepare
+                from pipeline.stages.prepare import prepare  # a stage, run here as reproduce's runs do
 
                 git("checkout", "--", ".", cwd=tree)
                 git("clean", "-fdq", cwd=tree)  # ignored outputs (data/) stay until replaced

@@ -3,7 +3,7 @@
 
 The runs are DVC experiments, wherever they came from (`ffl reproduce`, `dvc exp run --queue`, a
 `dvc exp save`): an experiment belongs to a row when it ran the row's params, seed aside, by the
-rule a resumed run uses to recognise its checkpoint (``pipeline.stages.train.run_config``: the device,
+rule a resumed run uses to recognise its checkpoint (``pipeline.run.run_identity``: the device,
 the CUDA graph switch and the decoding workers do not count). Per row and metric: mean +- std over
 seeds, the number of seeds, the paper's number and the difference; a row with no run says so. A
 row without the paper's numbers reports the table's ``metrics`` (its deployed classifier, its
@@ -29,7 +29,8 @@ from ffl import atomic
 from pipeline.errors import UserError
 from pipeline.experiments import experiments
 from pipeline.params import read_yaml, validate
-from pipeline.tables import Table, identity, resolve_metric, row_metrics, row_raw
+from pipeline.run import run_identity
+from pipeline.tables import Table, resolve_metric, row_metrics, row_raw
 
 REPORTS = Path("reports")
 
@@ -44,13 +45,13 @@ def metric(metrics: dict, key: str) -> float | None:
 def summarise(table: Table, runs: list[dict], overrides: list[str] = ()) -> list[dict]:
     """One entry per (row, metric): ours over seeds, the runs used, and the paper's number or the
     comparison with the table's ``compare`` row."""
-    ids = [(identity(r["params"]), r) for r in runs]
+    ids = [(run_identity(r["params"], seed=False), r) for r in runs]
     out = []
     deployed: dict[str, dict[str, str]] = {}  # row -> kind -> its deployed metric
     for row_name, row in table.rows.items():
         raw = row_raw(table, row_name, overrides)
         params = validate(raw)
-        want = identity(raw)
+        want = run_identity(raw, seed=False)
         deployed[row_name] = {k: resolve_metric(f"{k}.deployed", params) for k in ("top1_err", "top5_err")}
         # One run per seed: the newest (dvc exp show lists HEAD's experiments first, then older
         # commits', each commit's newest first).

@@ -27,43 +27,14 @@ from pipeline.runtime import working_directory
 from pipeline.tables import Run
 
 
-def execute(raw: dict, data_root: str, threads: float) -> tuple[dict[str, bytes], str]:
-    """One run, on whichever worker Ray chose: the stages in a scratch directory (prepare, train,
-    evaluate, export, as `dvc repro` runs them); the outputs and the node back."""
+def execute(raws: list[dict], data_root: str, threads: float) -> tuple[list[dict[str, bytes]], str]:
+    """A Ray task on whichever worker Ray chose: one run, or a row's seeds trained as one model
+    (pipeline.stacked), each through the stages (as `dvc repro` runs them) in a scratch directory of
+    its own; each run's outputs, and the node, back."""
     import ray
     import torch
 
-    from pipeline.stages.deploy import export
-    from pipeline.stages.evaluate import evaluate
-    from pipeline.stages.prepare import prepare
-    from pipeline.stages.train import train
-
-    torch.set_num_threads(max(1, int(threads)))
-    params = validate(raw)
-    with atomic.scratch(SCRATCH) as scratch, working_directory(scratch):
-        params = link_data_root(params, data_root)
-        prepare(params)
-        train(params, progress=False)
-        evaluate(params)
-        export()
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        return {str(f): f.read_bytes() for f in output_files()}, node
-
-
-def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[list[dict[str, bytes]], str]:
-    """One row's runs (its seeds) trained as one model (pipeline.stacked), then each finished,
-    evaluated and exported in a scratch directory of its own, as ``execute`` does for one run."""
-    import ray
-    import torch
-
-    from pipeline import paths
-    from pipeline.callbacks import write_curves
-    from pipeline.runtime import ensure_writable, resolve_device
-    from pipeline.stacked import train_stacked
-    from pipeline.stages.deploy import export
-    from pipeline.stages.evaluate import evaluate
-    from pipeline.stages.prepare import load_prepared, prepare
-    from pipeline.stages.train import finish_run
+    from pipeline.stages.sequence import run_stages  # the stages and torch: in the worker only
 
     torch.set_num_threads(max(1, int(threads)))
     with atomic.scratch(SCRATCH) as scratch:
@@ -73,24 +44,41 @@ def execute_stacked(raws: list[dict], data_root: str, threads: float) -> tuple[l
             d.mkdir()
             with working_directory(d):
                 runs.append(link_data_root(validate(raw), data_root))
-        with working_directory(dirs[0]):
-            prepare(runs[0])  # one dataset for all: the seeds share the data params
-            data = load_prepared(runs[0])
-            device = resolve_device(runs[0].train.device)
-            methods, histories = train_stacked(runs, data, device)
+        if len(runs) > 1:
+            train_together(dirs, runs)
+        else:
+            with working_directory(dirs[0]):
+                run_stages(runs[0], last="train")
         results = []
-        for d, params, method, history in zip(dirs, runs, methods, histories):
+        for d, params in zip(dirs, runs):
             with working_directory(d):
-                if d != dirs[0]:
-                    Path("data").symlink_to(dirs[0] / "data")
-                ensure_writable(paths.CHECKPOINTS, paths.DVCLIVE.parent)
-                write_curves(history, paths.LIVE)
-                finish_run(method, params, data)
-                evaluate(params)
-                export()
+                run_stages(params, first="evaluate")
                 results.append({str(f): f.read_bytes() for f in output_files()})
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        return results, node
+    return results, ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def train_together(dirs: list[Path], runs: list[Params]) -> None:
+    """The prepare and train stages of a row's seeds, the seeds trained as one model: each run's
+    directory then holds what the train stage would have left there (its model and curves)."""
+    from pipeline import paths
+    from pipeline.callbacks import write_curves
+    from pipeline.dataset import load_prepared
+    from pipeline.run import finish_run
+    from pipeline.runtime import ensure_writable, resolve_device
+    from pipeline.stacked import train_stacked
+    from pipeline.stages.sequence import run_stages
+
+    with working_directory(dirs[0]):
+        run_stages(runs[0], last="prepare")  # one dataset for all: the seeds share the data params
+        data = load_prepared(runs[0])
+        methods, histories = train_stacked(runs, data, resolve_device(runs[0].train.device))
+    for d, params, method, history in zip(dirs, runs, methods, histories):
+        with working_directory(d):
+            if d != dirs[0]:
+                Path("data").symlink_to(dirs[0] / "data")
+            ensure_writable(paths.CHECKPOINTS, paths.DVCLIVE.parent)
+            write_curves(history, paths.LIVE)
+            finish_run(method, params, data)
 
 
 def output_files() -> list[Path]:
@@ -124,12 +112,10 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
         n = group[0].params.train.processes
         gpus = n / r.runs_per_gpu if have_gpus else 0
         root = str((Path.cwd() / group[0].params.data.root).resolve())
-        task = execute_stacked if len(group) > 1 else execute
         # A run whose node or worker process is lost (a preempted node, the OOM killer) is run
         # again once, from its start; a run's own error is not retried (retry_exceptions is off).
-        remote = ray.remote(task).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=LOST_RUN_RETRIES)
-        raws = [run.raw for run in group] if len(group) > 1 else group[0].raw
-        pending[remote.remote(raws, root, r.cpus_per_run)] = group
+        remote = ray.remote(execute).options(num_cpus=r.cpus_per_run * n, num_gpus=gpus, max_retries=LOST_RUN_RETRIES)
+        pending[remote.remote([run.raw for run in group], root, r.cpus_per_run)] = group
         if len(group) > 1:
             echo(f"{group[0].table}-{group[0].row}: seeds {', '.join(str(x.seed) for x in group)} trained as one model")
     echo(f"{len(todo)} runs started ({len(summary['skipped'])} recorded already)")
@@ -145,7 +131,7 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
                         summary["failed"][run.name] = run_failure(e)
                         echo(f"{run.name}: failed: {summary['failed'][run.name]}")
                     continue
-                for run, outputs in zip(group, files if len(group) > 1 else [files], strict=True):
+                for run, outputs in zip(group, files, strict=True):
                     try:
                         record(run, outputs)
                     except (UserError, OSError) as e:  # a full disk at `dvc exp save`: this run only

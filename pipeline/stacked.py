@@ -11,7 +11,7 @@ from ffl.data import Dataset
 from ffl.stacked import StackedBatches, StackedEval, StackedRuns, StackedTrainer, run_history, stack_refusal, unstack
 from pipeline.params import Params
 from pipeline.params.schema import ReproduceParams
-from pipeline.stages.train import build_trainer
+from pipeline.run import build_trainer
 
 
 def stacks(params: Params, reproduce: ReproduceParams, have_gpus: bool) -> bool:

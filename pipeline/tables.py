@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field, StringConstraints, ValidationError, 
 
 from pipeline.errors import ParamsError, UserError
 from pipeline.params import Params, apply_overrides, read_yaml, validate
-from pipeline.params.base import Section
+from pipeline.params.base import Section, refused
 
 TABLES = Path("configs/tables.yaml")
 
@@ -74,9 +74,7 @@ def load_tables(path: Path = TABLES) -> Tables:
         try:
             tables[str(name)] = Table.model_validate(table)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in (name, *err["loc"]))
-            raise ParamsError(f"{path}: {where}", err["msg"]) from None
+            raise refused(e, Table, within=(name,), file=path) from None
     return tables
 
 
@@ -94,19 +92,6 @@ def pick(tables: dict[str, Table], name: str, rows: list[str] | None) -> tuple[T
 def row_raw(table: Table, row: str, overrides: list[str] = ()) -> dict:
     """The whole params file of a row: the table's base, its set, the row's set, then ``overrides``."""
     return apply_overrides(read_yaml(table.base), [*table.set, *table.rows[row].set, *overrides])
-
-
-def identity(raw: dict) -> dict | None:
-    """What makes two runs the same row: their run config without the seed (None if invalid), by
-    the rule a resumed run uses to recognise its checkpoint (``pipeline.stages.train.run_config``)."""
-    from pipeline.stages.train import run_config
-
-    try:
-        cfg = run_config(validate(raw))
-    except UserError:
-        return None
-    cfg.pop("seed")
-    return cfg
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ def trial(config: dict, raw: dict, data, metric: str) -> None:
     """One trial: the base params with the sampled values, trained and reported epoch by epoch."""
     import torch
 
+    from pipeline.run import build_trainer
     from pipeline.runtime import resolve_device
-    from pipeline.stages.train import build_trainer
 
     p = validate(apply_config(raw, config))
     ctx = ray.tune.get_context()

@@ -219,8 +219,8 @@ def tune(
     """The search. ``raw``: the params as the trials start from them (file + overrides); ``base``:
     the params file alone, which best_overrides.txt is relative to (default: ``raw``); ``out``: the
     results folder."""
+    from pipeline.dataset import load_prepared
     from pipeline.params import check_tune
-    from pipeline.stages.prepare import load_prepared
 
     check_tune(params, raw)
     if resume and fresh:

@@ -14,9 +14,9 @@ from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.methods import Vanilla
 from pipeline import paths
 from pipeline.cli import app
+from pipeline.dataset import load_prepared
 from pipeline.params import load_params
-from pipeline.stages.prepare import load_prepared
-from pipeline.stages.train import build_trainer
+from pipeline.run import build_trainer
 from tests.helpers import tiny_params, write_params
 
 runner = CliRunner()

@@ -20,9 +20,9 @@ from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileSplit
 from ffl.data.loader import Augment, DeviceLoader
 from ffl.distributed import Ranks, per_rank_batch_norm, shard, usable_batches
+from pipeline.dataset import load_prepared
 from pipeline.params import load_params
-from pipeline.stages.prepare import load_prepared
-from pipeline.stages.train import build_trainer
+from pipeline.run import build_trainer
 from tests.helpers import tiny_params, write_params
 
 pytestmark = pytest.mark.slow

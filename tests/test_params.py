@@ -164,6 +164,11 @@ def test_method_spec_carries_the_ablation_switches():
         (["tune.space.train.lr={type: loguniform, low: 0, high: 0.1}"], "tune.space.train.lr", "low > 0"),
         (["tune.space.train.lr={type: gaussian, low: 0, high: 1}"], "tune.space.train.lr.type", "'uniform'"),
         (["tune.space.train.lr={type: uniform, low: 0, high: 1, step: 2}"], "tune.space.train.lr.step", "unknown key"),
+        (
+            ["tune.space.train.lr={type: uniform, low: 0, hihg: 1}"],
+            "tune.space.train.lr.hihg",
+            "unknown key; did you mean tune.space.train.lr.high?",
+        ),
         (["tune.space.train.lr=0.1"], "tune.space.train.lr", "expected a section or a dimension"),
         (["tune.space.method.colour={type: uniform, low: 0, high: 1}"], "tune.space.method.colour", "not a param"),
         (
@@ -254,7 +259,7 @@ def test_auto_speed_settings_on_a_gpu(overrides, graph, compile):
 def test_cpu_runs_are_eager():
     import torch
 
-    from pipeline.stages.train import run_step_mode
+    from pipeline.run import run_step_mode
 
     for method in ("ffl", "dml", "one", "dualnet"):
         p = validate(apply_overrides(tiny_params(), [f"method.name={method}"]))
@@ -275,7 +280,7 @@ def test_a_one_epoch_run_trains_at_the_configured_lr():
     import torch
 
     from ffl.data import make_shapes
-    from pipeline.stages.train import build_trainer
+    from pipeline.run import build_trainer
 
     p = validate(apply_overrides(tiny_params(), ["train.epochs=1", "train.lr=0.05"]))
     data = make_shapes(16, 6, 0.25)

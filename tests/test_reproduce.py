@@ -15,7 +15,7 @@ from pipeline import reproduce as rp
 from pipeline import tables as tb
 from pipeline.cli import app
 from pipeline.params import apply_overrides, validate
-from pipeline.stages.train import build_trainer
+from pipeline.run import build_trainer
 from tests.helpers import ROOT, TINY_RUN, project_repo, sh, tiny_params
 
 runner = CliRunner()
@@ -101,6 +101,46 @@ def test_unknown_tables_and_rows_are_named(monkeypatch):
     assert code.exit_code == 2 and "--rows: cifar100-ablation has no row 'E'; its rows are A, B, C, D" in code.output
 
 
+def test_a_run_goes_through_dvc_yamls_stages_in_its_order():
+    from pipeline.stages.sequence import STAGES
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(STAGES) == list(stages)
+    assert [stages[name]["cmd"] for name in STAGES] == [f"ffl {name}" for name in STAGES]
+
+
+def test_two_spellings_of_the_same_params_are_the_same_run_everywhere(tmp_path, monkeypatch):
+    """Key order, an int for a float and a default written out: the same run for the report, for
+    what reproduce counts as recorded, and for a resumed training's checkpoint."""
+    from pipeline import report
+    from pipeline.experiments import sort_out
+    from pipeline.run import run_config, run_identity
+
+    monkeypatch.chdir(ROOT)
+    table = TABLES["cifar10-cpu"]
+    (run,) = tb.plan(TABLES, "cifar10-cpu", ["ffl"], [1])
+    other = dict(reversed(list(run.raw.items())))  # every section in the other order
+    other["train"] = dict(reversed(list(run.raw["train"].items())))
+    other["method"] = dict(run.raw["method"], ffl=dict(run.raw["method"]["ffl"], temperature=3))  # 3 for 3.0
+    assert run.raw["method"]["ffl"]["temperature"] == 3.0 and isinstance(run.raw["method"]["ffl"]["temperature"], float)
+    other["model"] = dict(run.raw["model"], subnets=2)  # `auto`, written out for FFL
+    assert run.raw["model"]["subnets"] == "auto" and other != run.raw
+    assert run_identity(other) == run_identity(run.raw) is not None
+    # reproduce: recorded already, whatever the spelling
+    todo, skipped = sort_out([run], {"recorded-as-other": run_identity(other)})
+    assert todo == [] and skipped == {run.name: "recorded-as-other"}
+    # report: the experiment is the row's run
+    runs = [{"name": "x", "params": other, "metrics": {"test": {"top1_err": {"fused": 20.0, "sub_mean": 21.0}}}}]
+    entry = next(e for e in report.summarise(table, runs) if e["row"] == "ffl" and e["deployed"])
+    assert entry["runs"] == ["x"] and entry["mean"] == 20.0
+    # a resumed training: the checkpoint's config is the same
+    from ffl.config_diff import differences
+
+    assert not differences(run_config(validate(other)), run_config(validate(run.raw)))
+    other["train"]["epochs"] = 6
+    assert run_identity(other) != run_identity(run.raw)  # and a real difference is one
+
+
 def test_repeated_seeds_and_rows_are_one_run_each_and_said_so(monkeypatch):
     monkeypatch.chdir(ROOT)
     args = [
@@ -121,7 +161,7 @@ def test_repeated_seeds_and_rows_are_one_run_each_and_said_so(monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[:2] == ["--rows: ffl given more than once; taken once", "--seeds: 0 given more than once; taken once"]
-    runs = [x.split()[0] for x in lines[2:-1]]
+    runs = [x.split()[0] for x in lines if x.startswith("cifar10-cpu-")]  # (a line before: the data, where absent)
     assert sorted(runs) == sorted(f"cifar10-cpu-{r}-s{s}" for r in ("ffl", "dml") for s in (0, 1))
     assert lines[-1].startswith("4 runs,")
 
@@ -374,7 +414,7 @@ def test_a_rows_seeds_trained_as_one_model_are_recorded_as_each_run_alone(repo, 
     # The same run alone, as `ffl reproduce` runs one run.
     monkeypatch.chdir(repo)
     (alone_run,) = tb.plan(tb.load_tables(), "cifar100-ablation", ["B"], [4], [*TINY, *exact])
-    files, _ = rp.execute(alone_run.raw, str(tmp_path), 1)
+    (files,), _ = rp.execute([alone_run.raw], str(tmp_path), 1)
     (tmp_path / "model.pt").write_bytes(files["models/model.pt"])
     alone = dict(load_model(tmp_path / "model.pt")[0].state_dict())
     for key, value in alone.items():
@@ -472,6 +512,11 @@ def test_a_table_without_paper_numbers_compares_every_row_with_its_vanilla_row(m
         (lambda t: {"t": t | {"metrics": ["top1.fused"]}}, "metrics: 'top1.fused' is not top1_err.<classifier>"),
         (lambda t: {"t": t | {"rows": {"r 1": t["rows"]["A"]}}}, "t.rows.r 1.[key]: String should match pattern"),
         (lambda t: {"t": t | {"set": ["seed=5"]}}, "seed is set by `ffl reproduce --seeds`, not by a table or a row"),
+        (
+            lambda t: {"t": t | {"rows": {"A": {"sett": []}}, "titel": "x"}},
+            "t.yaml: t.rows.A.sett: unknown key; did you mean t.rows.A.set? (and 1 more)",
+        ),
+        (lambda t: {"t": {k: v for k, v in t.items() if k != "base"}}, "t.yaml: t.base: required key is missing"),
         (
             lambda t: {"t": t | {"rows": {"A": {"set": [], "paper": {"top1_err.bogus": 50.0}}}}},
             "t.A.paper.top1_err.bogus: not a metric its runs report (top1_err or top5_err of sub0, sub1, ensemble, "

@@ -15,6 +15,7 @@ from ruamel.yaml import YAML, YAMLError
 from ffl.errors import one_line
 from ffl.methods import METHODS
 from pipeline.errors import ParamsError
+from pipeline.params.base import refused
 from pipeline.params.schema import MISSING, Params, check_consistency
 
 
@@ -210,39 +211,12 @@ def _read_file(path: Path) -> dict:
     return raw
 
 
-def did_you_mean(loc: tuple) -> str:
-    """``; did you mean a.b.c?`` for an unknown key close to one its section has, else ``""``."""
-    import difflib
-    import typing
-
-    from pydantic import BaseModel
-
-    section: type = Params
-    for part in loc[:-1]:
-        field = getattr(section, "model_fields", {}).get(str(part))
-        if field is None:
-            return ""
-        candidates = [field.annotation, *typing.get_args(field.annotation)]
-        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if section is None:
-            return ""
-    match = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
-    return f"; did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?" if match else ""
-
-
 def validate(raw: dict) -> Params:
     _check_moved(raw)
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key" + did_you_mean(err["loc"])
-        elif err["type"] == "missing":
-            msg = MISSING
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ParamsError(".".join(str(p) for p in err["loc"]), msg + more) from None
+        raise refused(e, Params, missing=MISSING) from None
     check_consistency(params)
     return params
 

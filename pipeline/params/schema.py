@@ -28,7 +28,7 @@ from ffl.methods import settings as method_settings
 from ffl.models import backbone_spec
 from ffl.step_mode import COMPILE_MODES, step_mode
 from pipeline.errors import ParamsError
-from pipeline.params.base import MAX_BATCH, MAX_EPOCHS, Section
+from pipeline.params.base import MAX_BATCH, MAX_EPOCHS, REQUIRED, Section
 from pipeline.params.search import TuneParams
 
 # Every float in params must be finite: an .inf learning rate or temperature is never meant.
@@ -36,7 +36,7 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-MISSING = "required key is missing (the repository's params.yaml lists every key)"
+MISSING = REQUIRED + " (the repository's params.yaml lists every key)"
 
 
 class ShapesParams(Section):

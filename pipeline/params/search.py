@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
-from pipeline.params.base import MAX_EPOCHS, MAX_TRIALS, Section
+from pipeline.params.base import MAX_EPOCHS, MAX_TRIALS, Section, refused
 
 
 class Dimension(Section):
@@ -63,10 +63,7 @@ def _parse_space(space: dict) -> dict[str, Dimension]:
             try:
                 out[".".join(path)] = Dimension.model_validate(node)
             except ValidationError as e:
-                err = e.errors()[0]
-                key = ".".join(["tune", "space", *path, *(str(p) for p in err["loc"])])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                raise ParamsError(key, msg.removeprefix("Value error, ")) from None
+                raise refused(e, Dimension, within=("tune", "space", *path)) from None
         elif isinstance(node, dict) and node:
             for k, v in node.items():
                 walk(v, [*path, str(k)])

@@ -14,8 +14,8 @@ from ffl.deploy import export as deploy_export
 from ffl.deploy import predict as deploy_predict
 from pipeline import paths
 from pipeline.errors import UserError
+from pipeline.model_file import check_classifier, deployed, trained_model
 from pipeline.runtime import ensure_writable
-from pipeline.stages.model_file import check_classifier, deployed, trained_model
 
 
 def export(

@@ -19,12 +19,12 @@ from ffl.metrics import evaluate_and_predict
 from ffl.precision import resolve_precision
 from pipeline import paths
 from pipeline.callbacks import progress_bar
+from pipeline.dataset import check_provenance, load_prepared, loader
 from pipeline.errors import UserError
+from pipeline.model_file import deployed
 from pipeline.params import Params, method_spec
 from pipeline.runtime import ensure_writable, resolve_device
 from pipeline.signals import signals_deferred
-from pipeline.stages.model_file import deployed
-from pipeline.stages.prepare import check_provenance, load_prepared, loader
 
 CAM_IMAGES = 8  # test images in the picture: the first of each of the first eight classes
 
