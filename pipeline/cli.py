@@ -1,8 +1,9 @@
-"""`ffl`: the command line. Each command is the DVC stage of the same name (dvc.yaml calls it)."""
+"""`ffl`: the command line. prepare, train, evaluate and export are dvc.yaml's stages (its cmds
+call them: one code path); the others (predict, tune, reproduce, report, exps, methods, bench) are
+commands of their own. Every command's failures go through one error boundary."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -11,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import Interrupted, PeerStopped, TrainingFailed, UserError
-from pipeline.signals import INTERRUPTED, INTERRUPTED_TRAINING, RANK_OF_LAUNCHER, terminate_is_interrupt
+from pipeline.boundary import error_boundary, fail
+from pipeline.errors import UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -26,95 +27,6 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-S", help="override a param: section.key=value (as dvc exp run -S)")
 ]
 TablesOpt = Annotated[Path, typer.Option(help="the tables' presets")]
-
-
-def workspace_state() -> str:
-    """What a failed stage leaves behind when DVC ran it in this workspace, and the way back:
-    `dvc exp run -S` has already written its values into params.yaml, and DVC removes a stage's
-    outputs before running it. Empty outside DVC and in DVC's temporary copies (--temp, --queue)."""
-    root = os.environ.get("DVC_ROOT")
-    if not os.environ.get("DVC_STAGE") or not root or Path(root).resolve() != Path.cwd().resolve():
-        return ""
-    stage = os.environ["DVC_STAGE"]
-    if os.environ.get("DVC_EXP_NAME"):
-        return (
-            f" [workspace: `dvc exp run` wrote its -S values into params.yaml and removed {stage}'s outputs;"
-            f" `{RESTORE}` brings back the committed ones]"
-        )
-    return f" [workspace: DVC removed {stage}'s outputs before running it; `{RESTORE}` brings back the committed ones]"
-
-
-# The way back from a failed stage in the workspace: the params and the outputs git keeps (curves,
-# metrics, plots: cache false), then the ones in DVC's cache (data, models).
-RESTORE = "git checkout -- params.yaml dvclive metrics plots && dvc checkout"
-
-
-def fail(message: str, code: int = 2):
-    # One line, whatever the user's values hold: a newline typed into a key or a path is shown as \n.
-    message = message.replace("\r", "\\r").replace("\n", "\\n")
-    if code == 130 and os.environ.get(RANK_OF_LAUNCHER):  # a Ctrl-C reaches every rank: `ffl train` says it once
-        raise typer.Exit(code)
-    typer.echo(f"error: {message}{workspace_state()}", err=True)
-    raise typer.Exit(code)
-
-
-def resource_exhausted(e: BaseException) -> str | None:
-    """One line for a machine that ran out of memory or disk or refused a file, or None for any
-    other error (a bug, whose traceback is what a report needs)."""
-    import errno
-
-    import torch
-
-    from ffl.errors import one_line, unwritten
-
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return f"disk full: {e.filename or 'an output'} could not be written; free space and run it again"
-    if isinstance(e, OSError) and e.filename:  # the machine refused a file (permissions, a read-only mount)
-        return f"{e.filename}: {e.strerror or e}"
-    if unwritten(e):  # a torch file written outside ffl.atomic (torch.export's)
-        return f"a file could not be written whole (disk full?): {one_line(e)[:120]}"
-    out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
-    )
-    if out_of_memory:
-        return "out of memory: lower the batch size, the model or the dataset size (params), or use a larger machine"
-    return None
-
-
-def stage(fn):
-    """Turns the project's expected failures into one line on stderr and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        # SIGTERM (a scheduler pre-empting the job) ends the run like Ctrl-C: the last checkpoint
-        # is whole either way, this only makes the exit say so.
-        try:
-            with terminate_is_interrupt():
-                return fn(*args, **kwargs)
-        except UserError as e:
-            fail(str(e), 2)
-        except PeerStopped as e:
-            fail(str(e), PeerStopped.EXIT_CODE)
-        except TrainingFailed as e:
-            fail(str(e), 1)
-        except Interrupted as e:
-            fail(str(e), 130)
-        except KeyboardInterrupt:
-            fail(INTERRUPTED_TRAINING if fn.__name__ == "train" else INTERRUPTED, 130)
-        except Exception as e:
-            from ffl.errors import DataError, SettingError  # (ffl loads torch: not at every command's start)
-
-            if isinstance(e, SettingError):  # a setting the library refused: the params' key named
-                from pipeline.params.schema import params_key
-
-                fail(f"{params_key(e.key)}: {e.reason}", 2)
-            if isinstance(e, DataError):  # a file of the dataset, named, found unusable mid-run
-                fail(str(e), 2)
-            if (reason := resource_exhausted(e)) is None:
-                raise  # a bug: its traceback is what a report needs
-            fail(reason, 1)
-
-    return wrapper
 
 
 def _version(value: bool):
@@ -155,7 +67,7 @@ def _params(params: Path, overrides: list[str] | None):
 
 
 @app.command()
-@stage
+@error_boundary
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Prepare the dataset in data/prepared: uint8 arrays (shapes, CIFAR), or an index of the image
     files (ImageNet, image folders)."""
@@ -167,7 +79,7 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 
 
 @app.command()
-@stage
+@error_boundary
 def train(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -182,7 +94,7 @@ def train(
 
 
 @app.command()
-@stage
+@error_boundary
 def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Top-1/top-5 test error of every sub-network, their ensemble and the fused classifier."""
     from pipeline.stages.evaluate import evaluate as run
@@ -193,7 +105,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 
 
 @app.command()
-@stage
+@error_boundary
 def tune(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -247,7 +159,7 @@ def tune(
 
 
 @app.command()
-@stage
+@error_boundary
 def export(
     classifier: Annotated[
         list[str] | None,
@@ -270,7 +182,7 @@ def export(
 
 
 @app.command()
-@stage
+@error_boundary
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="image files, or folders of them (searched recursively)")],
     classifier: Annotated[
@@ -297,7 +209,7 @@ def predict(
 
 
 @app.command()
-@stage
+@error_boundary
 def reproduce(
     table: Annotated[str, typer.Argument(help="a table of configs/tables.yaml (cifar100-dualnet, cifar100-one, ...)")],
     seeds: Annotated[list[int], typer.Option(help="training seeds (repeatable)")] = [0, 1, 2],  # noqa: B006
@@ -328,7 +240,7 @@ def reproduce(
 
 
 @app.command()
-@stage
+@error_boundary
 def exps(
     all_commits: Annotated[bool, typer.Option("--all", help="every commit's experiments, not HEAD's only")] = False,
 ):
@@ -353,7 +265,7 @@ def exps(
 
 
 @app.command()
-@stage
+@error_boundary
 def report(
     table: Annotated[list[str], typer.Argument(help="tables of configs/tables.yaml")],
     set_: SetOpt = None,
@@ -380,7 +292,7 @@ def report(
 
 
 @app.command()
-@stage
+@error_boundary
 def methods(
     name: Annotated[str | None, typer.Argument(help="one method: its settings, sources and differences")] = None,
     write: Annotated[Path | None, typer.Option(help="write the whole Markdown page here (docs/methods.md)")] = None,
@@ -419,7 +331,7 @@ def methods(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
-@stage
+@error_boundary
 def bench(ctx: typer.Context):
     """Training-step throughput against the authors' recipe (`ffl bench --help` for its options)."""
     from ffl.bench import main as run
@@ -433,11 +345,11 @@ def quiet_libraries() -> None:
     (compile notes such as "No CUDA runtime is found") only with TORCH_LOGS set."""
     import warnings
 
-    def one_line(message, category, filename, lineno, file=None, line=None):
+    def show_warning(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split())
         print(f"warning: {text}", file=file or sys.stderr)
 
-    warnings.showwarning = one_line
+    warnings.showwarning = show_warning
     os.environ.setdefault("TORCH_LOGS", "-torch")  # torch's own switch: its loggers at ERROR (and the ranks')
 
 

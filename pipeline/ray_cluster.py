@@ -87,3 +87,17 @@ def check_resources(params: Params) -> None:
         f"{key}: a trial asks for {r.cpu:g} CPUs and {r.gpu:g} GPUs, but no node of the Ray cluster has them "
         f"(nodes: {have}); lower it, or add such a node"
     )
+
+
+# What ended a run or a trial that Ray lost, and why such a thing happens: one wording for
+# reproduce's runs and tune's trials (Ray's own message for it is a paragraph).
+LOST = {
+    "node": ("its Ray node was lost", "a preempted or crashed node"),
+    "worker": ("its Ray worker process died", "the system out of memory, or killed"),
+}
+
+
+def lost(what: str, tries: str = "") -> str:
+    """``its Ray node was lost[, <tries>] (a preempted or crashed node)``, for ``what`` node or worker."""
+    said, why = LOST[what]
+    return f"{said}{', ' + tries if tries else ''} ({why})"

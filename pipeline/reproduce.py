@@ -23,6 +23,7 @@ from pipeline.estimate import flops_per_image, train_images
 from pipeline.experiments import OUTPUTS, check_repository, link_data_root, recorded, recorder, sort_out
 from pipeline.params import Params, validate
 from pipeline.params.schema import ReproduceParams
+from pipeline.ray_cluster import lost, start_ray
 from pipeline.runtime import working_directory
 from pipeline.tables import Run
 
@@ -100,8 +101,6 @@ def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=
     if not todo:
         return summary
     if not ray.is_initialized():
-        from pipeline.ray_cluster import start_ray
-
         start_ray(address)
     r = params.reproduce
     have_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -172,9 +171,9 @@ def run_failure(e: Exception) -> str:
 
     tries = f"on each of {1 + LOST_RUN_RETRIES} tries"
     if isinstance(e, ray.exceptions.NodeDiedError):
-        return f"its Ray node was lost, {tries} (a preempted or crashed node)"
+        return lost("node", tries)
     if isinstance(e, ray.exceptions.WorkerCrashedError):
-        return f"its Ray worker process died, {tries} (the system out of memory, or killed)"
+        return lost("worker", tries)
     return one_line(e)
 
 

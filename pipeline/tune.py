@@ -26,7 +26,7 @@ from ffl.config_diff import described, differences
 from ffl.errors import one_line
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params, tune_metric
-from pipeline.ray_cluster import check_files_reach_every_node, check_resources, start_ray
+from pipeline.ray_cluster import check_files_reach_every_node, check_resources, lost, start_ray
 from pipeline.signals import take_back_terminate
 from pipeline.trials import CLOCK, ReportToTune, distributions, trial, trial_raw  # noqa: F401
 from pipeline.tune_results import TUNE_DIR, scored_on, write_results
@@ -143,9 +143,9 @@ def trial_failure(error: str | None) -> str:
     if not error:
         return "no reason recorded"
     if "its node has died" in error:
-        return "its Ray node was lost"
+        return lost("node")
     if "The actor died unexpectedly" in error:  # Ray's own words for a lost worker process
-        return "its Ray worker process died (the system out of memory, or killed)"
+        return lost("worker")
     return one_line(RuntimeError(error))
 
 

@@ -255,7 +255,7 @@ def test_a_search_in_shared_storage_resumes_and_refuses_other_params(workdir, tm
         (
             "Failure # 1 (occurred at 2026-12-05_16-58-46)\nThe actor died unexpectedly before finishing this task.\n"
             "\tclass_name: ImplicitFunc\nThe actor died because its node has died. Node Id: e415d39d\n",
-            "its Ray node was lost",
+            "its Ray node was lost (a preempted or crashed node)",
         ),
         (
             "Failure # 2 (occurred at 2026-12-05_16-58-46)\nThe actor died unexpectedly before finishing this task.\n"
