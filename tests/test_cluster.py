@@ -196,8 +196,8 @@ def test_a_search_spreads_over_the_nodes_and_a_lost_node_s_trial_resumes_elsewhe
     assert mine[-1] == 6 and mine[0] > 1, reports  # went on from its checkpoint, not from epoch 1
     assert "Traceback" not in err and "ERROR" not in err, err
     assert (
-        "stopped (its Ray node was lost (a preempted or crashed node)); it goes on from its last checkpoint (retry 1 of 1"
-        in out
+        "stopped (its Ray node was lost (a preempted or crashed node)); it goes on from its last checkpoint "
+        "(retry 1 of 1" in out
     ), out
     # One CPU per node and per trial: the trials ran on every node that is left; the search lived
     # in the shared storage only.
