@@ -24,33 +24,32 @@ from ffl.data import (
 )
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.fusion import FusionModule
-from ffl.methods import METHODS, Method, build_method
+from ffl.methods import DML, FFL, KDCL, METHODS, ONE, PCL, DualNet, Method, OKDDip, Vanilla, build_method
 from ffl.metrics import evaluate
 
-
-def __getattr__(attr: str):
-    # Method classes by their Python name (ffl.FFL, ffl.DML, ...), from the registry: a new method
-    # file is importable from here without this file naming it.
-    from ffl import methods
-
-    return getattr(methods, attr)
-
-
 __all__ = [
+    "DML",
+    "FFL",
+    "KDCL",
     "METHODS",
+    "ONE",
+    "PCL",
     "ArrayDataset",
     "Augment",
     "Callback",
     "DeviceLoader",
+    "DualNet",
     "FileDataset",
     "FileLoader",
     "FileSettings",
     "FusionModule",
     "Method",
     "NonFiniteLoss",
+    "OKDDip",
     "PrintEpochs",
     "TrainConfig",
     "Trainer",
+    "Vanilla",
     "build_method",
     "evaluate",
     "load_cifar",

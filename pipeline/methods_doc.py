@@ -20,18 +20,15 @@ selection and tuning and drops the last partial batch of each epoch; `paper` is 
 protocol: every training image (no validation split) and the last, smaller batch kept. The
 test metrics record which one ran (`data.protocol_paper`, `data.train_images` in metrics/test.json).
 
-The methods that came after FFL (OKDDip, KDCL, PCL) needed three things the first contract did not
-give; each was added once, for every method (`ffl/methods/base.py`):
-- several augmented views of each training batch (`train_views`): the loaders draw each view's
-  crops and flips from its own seed, view 0 being the one-view batch, so the other methods' runs
-  are unchanged; the views arrive stacked along the batch;
+The contract every method follows (`ffl/methods/base.py`), beyond `forward(images) -> named
+logits` and `loss(outputs, targets, epoch) -> named terms`:
+- several augmented views of each training batch (`train_views`; one per sub-network where the
+  method's settings say `distinct_views`): the loaders draw each view's crops and flips from its own
+  seed, view 0 being the one-view batch; the views arrive stacked along the batch;
 - values only the loss reads (outputs named `_...`, such as OKDDip's attention-weighted teachers),
   which nothing scores or exports;
 - a hook after every optimiser step (`after_step`: PCL's temporal means), device work that the
-  whole-step CUDA graph replays; the means are in the state dict, so checkpoints carry them.
-Beyond each method's file, its params section and its tests, adding them touched those hooks
-(base, engine, loaders), `kd_loss` (a teacher that keeps its gradient: OKDDip's code trains its
-attention through the targets) and the tests over every method (exact resume of each one).
+  whole-step CUDA graph replays; what it keeps is in the state dict, so checkpoints carry it.
 """
 
 

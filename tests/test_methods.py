@@ -8,7 +8,7 @@ import torch
 
 from ffl.fusion import FusionModule
 from ffl.losses import kd_loss, sigmoid_rampup
-from ffl.methods import DML, FFL, ONE, DualNet, Vanilla, build_method
+from ffl.methods import DML, FFL, METHODS, ONE, DualNet, Vanilla, build_method
 from ffl.models import SubNetworks
 
 TINY = "resnet8"
@@ -153,20 +153,35 @@ def test_shared_branches_share_parameters_and_independent_nets_do_not():
         SubNetworks(["resnet8", "resnet14"], 10, shared=True)
 
 
-def test_baselines_follow_the_contract(images, targets):
-    for method in (
-        DML([TINY, "wrn10_1"], num_classes=4),
-        ONE([TINY] * 3, num_classes=4),
-        DualNet([TINY, TINY], num_classes=4),
-        Vanilla([TINY], num_classes=4),
-    ):
-        out = method(images)
-        assert all(z.shape == (4, 4) for z in out.values())
-        terms = method.loss(out, targets, epoch=1000)  # past every ramp-up
-        for name, value in terms.items():
-            assert value.item() > 0, f"{method.name}: {name} is zero"
-        torch.stack(list(terms.values())).sum().backward()
-        assert has_grad(method)
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_follows_the_contract(name, images, targets):
+    """Each registered method: named outputs of the batch's size, every loss term positive past
+    the ramp-ups, and gradients to every trained parameter (its views, where it takes several)."""
+    cls = METHODS[name]
+    method = cls([TINY] * cls.default_subnets, num_classes=4).train()
+    views = cls.train_views(cls.default_subnets, method.settings)
+    out = method(images.repeat(views, 1, 1, 1))  # each view of the 4 images, one after the other
+    classifiers = {k: z for k, z in out.items() if not k.startswith("_")}  # "_...": the method's own, for its loss
+    assert set(classifiers) == set(cls.outputs(cls.default_subnets, method.settings))
+    assert all(z.shape == (4, 4) for z in classifiers.values())
+    terms = method.loss(out, targets, epoch=1000)  # past every ramp-up
+    for term, value in terms.items():
+        assert value.item() > 0, f"{name}: {term} is zero"
+    torch.stack(list(terms.values())).sum().backward()
+    assert has_grad(method)
+
+
+def test_every_method_file_is_registered_and_exported():
+    import pkgutil
+
+    import ffl
+    import ffl.methods
+
+    files = {m.name for m in pkgutil.iter_modules(ffl.methods.__path__)} - {"base", "registry", "settings"}
+    assert {cls.__module__.rsplit(".", 1)[1] for cls in METHODS.values()} == files
+    for cls in METHODS.values():
+        assert getattr(ffl.methods, cls.__name__) is cls and getattr(ffl, cls.__name__) is cls
+        assert cls.__name__ in ffl.methods.__all__ and cls.__name__ in ffl.__all__
 
 
 def test_dml_kd_is_towards_the_other_peers_at_temperature_one():

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from ffl.errors import SettingError
 from ffl.methods.base import Method
+
+# Each method registers itself by name when its file is imported; the classes are exported here
+# by name too, so that editors and type checkers see them (a test holds this list to the registry).
+from ffl.methods.dml import DML
+from ffl.methods.dualnet import DualNet
+from ffl.methods.ffl import FFL
+from ffl.methods.kdcl import KDCL
+from ffl.methods.okddip import OKDDip
+from ffl.methods.one import ONE
+from ffl.methods.pcl import PCL
 from ffl.methods.registry import METHODS, build_method, method_class, register_method
+from ffl.methods.vanilla import Vanilla
 
-_INFRASTRUCTURE = {"base", "registry", "settings"}
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in _INFRASTRUCTURE:
-        importlib.import_module(f"{__name__}.{_module.name}")
-
-
-def __getattr__(attr: str):
-    # ``from ffl.methods import FFL``: classes by their Python name, without this file naming them.
-    for cls in METHODS.values():
-        if cls.__name__ == attr:
-            return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-
-
-__all__ = ["METHODS", "Method", "SettingError", "build_method", "method_class", "register_method"]
+__all__ = [
+    "DML",
+    "FFL",
+    "KDCL",
+    "METHODS",
+    "ONE",
+    "PCL",
+    "DualNet",
+    "Method",
+    "OKDDip",
+    "SettingError",
+    "Vanilla",
+    "build_method",
+    "method_class",
+    "register_method",
+]

@@ -170,13 +170,24 @@ class Method(nn.Module):
 
     @classmethod
     def train_views(cls, n: int, settings) -> int:
-        """Independently augmented views of each training batch (1: the batch itself)."""
-        return 1
+        """Independently augmented views of each training batch (1: the batch itself): one per
+        sub-network where the method's settings say ``distinct_views`` (KDCL, PCL)."""
+        return n if getattr(settings, "distinct_views", False) else 1
 
     @staticmethod
     def split_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
         """The views of a training batch (``train_views``), each of B images."""
         return list(images.chunk(views)) if views > 1 else [images]
+
+    def distinct_views(self, images: torch.Tensor) -> list[torch.Tensor] | None:
+        """Each sub-network's own view of a training batch where the method trains on several
+        (``train_views``), else None: every sub-network sees ``images`` itself."""
+        n = self.num_subnets
+        return self.split_views(images, n) if self.training and self.train_views(n, self.settings) > 1 else None
+
+    def sub_outputs(self, outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The sub-networks' logits (``sub0``, ``sub1``, ...) of ``forward``'s outputs, in order."""
+        return [outputs[f"sub{i}"] for i in range(self.num_subnets)]
 
     def after_step(self) -> None:
         """After every optimiser step: device work only (it is replayed inside a captured step)."""

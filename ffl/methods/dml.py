@@ -81,7 +81,7 @@ class DML(Method):
         }
 
     def loss(self, outputs, targets, epoch):
-        subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
+        subs = self.sub_outputs(outputs)
         terms = {}
         for i, z in enumerate(subs):
             terms |= self._peer_loss(i, z, [t for j, t in enumerate(subs) if j != i], targets, epoch)

@@ -119,7 +119,7 @@ class FFL(Method):
 
     def loss(self, outputs, targets, epoch):
         s = self.settings
-        subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
+        subs = self.sub_outputs(outputs)
         terms = ce_terms(subs, targets, s.ce_weight)
         terms["ce_fused"] = s.ce_weight * cross_entropy(outputs["fused"], targets)
         if self.ekd_weight:

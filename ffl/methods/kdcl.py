@@ -82,25 +82,17 @@ class KDCL(Method):
     stackable = True
 
     @classmethod
-    def train_views(cls, n, settings):
-        return n if settings.distinct_views else 1
-
-    @classmethod
     def outputs(cls, n, settings):
         return [f"sub{i}" for i in range(n)] + ["ensemble"]
 
     def forward(self, images):
-        n = self.num_subnets
-        if self.training and self.train_views(n, self.settings) > 1:
-            views = self.split_views(images, n)
-            logits = [self.net.forward_one(i, v) for i, v in enumerate(views)]
-        else:
-            logits = self.net(images)[1]
+        views = self.distinct_views(images)
+        logits = self.net(images)[1] if views is None else [self.net.forward_one(i, v) for i, v in enumerate(views)]
         return self.named_subnets(logits)
 
     def loss(self, outputs, targets, epoch):
         s = self.settings
-        subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
+        subs = self.sub_outputs(outputs)
         with torch.no_grad():
             teacher = ENSEMBLES[s.ensemble]([z.float() for z in subs], targets)
         terms = ce_terms(subs, targets, s.ce_weight)

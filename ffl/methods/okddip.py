@@ -113,7 +113,7 @@ class OKDDip(Method):
     def loss(self, outputs, targets, epoch):
         s = self.settings
         n = self.num_subnets
-        terms = ce_terms([outputs[f"sub{i}"] for i in range(n)], targets, s.ce_weight)
+        terms = ce_terms(self.sub_outputs(outputs), targets, s.ce_weight)
         weight = kd_weight(s, epoch, s.kd_weight)
         teachers = outputs["_peer_teachers"]
         for i in range(n - 1):

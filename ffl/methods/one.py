@@ -88,7 +88,7 @@ class ONE(Method):
 
     def loss(self, outputs, targets, epoch):
         s = self.settings
-        subs = [outputs[f"sub{i}"] for i in range(self.num_subnets)]
+        subs = self.sub_outputs(outputs)
         terms = ce_terms(subs, targets, s.ce_weight)
         terms["ce_ensemble"] = s.ce_weight * cross_entropy(outputs["ensemble"], targets)
         for i, z in enumerate(subs):

@@ -66,10 +66,6 @@ class PCL(Method):
     sharing = "shared"
 
     @classmethod
-    def train_views(cls, n, settings):
-        return n if settings.distinct_views else 1
-
-    @classmethod
     def outputs(cls, n, settings):
         return [f"sub{i}" for i in range(n)] + ["ensemble"] + [f"mean{i}" for i in range(n)]
 
@@ -93,17 +89,12 @@ class PCL(Method):
             return self.mean_net.subnetwork(int(classifier[4:]))
         return super().standalone(classifier)
 
-    def _views(self, images):
-        n = self.num_subnets
-        if self.training and self.train_views(n, self.settings) > 1:
-            return self.split_views(images, n)
-        return [images] * n
-
     def forward(self, images):
-        views = self._views(images)
+        views = self.distinct_views(images)
         net = self.net
-        if len(set(map(id, views))) == 1:
-            feats, logits = net(views[0])
+        if views is None:
+            feats, logits = net(images)
+            views = [images] * self.num_subnets
         else:
             feats = [branch(net.trunk(v)) for branch, v in zip(net.branches, views)]
             logits = [head(f) for head, f in zip(net.heads, feats)]
@@ -120,7 +111,7 @@ class PCL(Method):
     def loss(self, outputs, targets, epoch):
         s = self.settings
         n = self.num_subnets
-        subs = [outputs[f"sub{i}"] for i in range(n)]
+        subs = self.sub_outputs(outputs)
         terms = {"ce_ensemble": s.ce_weight * cross_entropy(outputs["ensemble"], targets)}
         terms |= ce_terms(subs, targets, s.ce_weight)
         for j, z in enumerate(subs):

@@ -20,4 +20,4 @@ class Vanilla(Method):
         return self.named_subnets(self.net(images)[1])
 
     def loss(self, outputs, targets, epoch):
-        return ce_terms([outputs[f"sub{i}"] for i in range(self.num_subnets)], targets)
+        return ce_terms(self.sub_outputs(outputs), targets)
