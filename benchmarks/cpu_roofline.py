@@ -21,11 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ffl.bench import machine, project, random_cifar
+from ffl.bench import machine, project
 from ffl.data import Augment, DeviceLoader
 from ffl.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import FFL
+from ffl.reference_loop import random_cifar
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:

@@ -140,10 +140,10 @@ def stem(batch: int, device: torch.device, dtype, steps: int) -> dict[str, float
 def kernels(batch: int, device: torch.device, modes=(None,)) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from ffl.bench import random_cifar
     from ffl.data import Augment, DeviceLoader
     from ffl.engine import TrainConfig, Trainer
     from ffl.methods import FFL
+    from ffl.reference_loop import random_cifar
 
     steps = 20
     for mode in modes:

@@ -42,10 +42,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ffl.bench import machine, random_loader, sync
+from ffl.bench import machine, random_loader
 from ffl.engine import TrainConfig, Trainer
 from ffl.methods import method_class
 from ffl.precision import autocast, resolve_precision
+from ffl.reference_loop import sync
 from ffl.stacked import StackedBatches, StackedRuns, StackedTrainer, stack_modules
 from ffl.step_graph import StepGraph
 
