@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-fast lint format bench clean
+.PHONY: install repro test test-ordered test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -22,10 +22,18 @@ repro: install
 
 # Two workers, a test file each at a time (its Ray or DVC fixture is set up once): about 9 minutes
 # on 2 cores instead of 13, one file's subprocesses and Ray start-ups overlapping the other's work.
-# The simulated Ray cluster (marked alone) runs after, with nothing beside it.
+# The simulated Ray cluster (marked alone) runs after, with nothing beside it. The tests run in a
+# shuffled order (pytest-randomly; the seed is the first line of each run's output): SEED=<n> for
+# another order, `make test-ordered` for the order they are written in. Each passes in any order.
+SEED ?= 34
 test: install
-	pytest -q -n 2 --dist loadfile -m "not alone"
-	pytest -q -m alone
+	@echo "test order: pytest-randomly, --randomly-seed=$(SEED)"
+	pytest -q -n 2 --dist loadfile -m "not alone" -p randomly --randomly-seed=$(SEED)
+	pytest -q -m alone -p randomly --randomly-seed=$(SEED)
+
+test-ordered: install
+	pytest -q -n 2 --dist loadfile -m "not alone" -p no:randomly
+	pytest -q -m alone -p no:randomly
 
 # The edit loop: everything but the end-to-end runs of real processes (marked slow: DVC, Ray,
 # DDP, killed and resumed runs), under 2 minutes on 2 cores. CI runs `make test`.

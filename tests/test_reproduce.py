@@ -216,14 +216,21 @@ run = sh
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A copy of the project as a git + DVC repository, and a local Ray for the module."""
+def ray_session():
+    """A local Ray for the module (never a cluster left running)."""
     import ray
 
-    d = project_repo(tmp_path_factory.mktemp("repro"), tiny_params())
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster left running
-    yield d
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
     ray.shutdown()
+
+
+@pytest.fixture
+def repo(ray_session, tmp_path):
+    """A copy of the project as a git + DVC repository of its own: no test sees another's
+    experiments or reports."""
+    (tmp_path / "repo").mkdir()
+    return project_repo(tmp_path / "repo", tiny_params())
 
 
 def ffl(repo, monkeypatch, *args):
@@ -304,6 +311,13 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     params = experiments(repo, "params")["cifar100-ablation-D-s1"]
     assert params["seed"] == 1 and params["method"]["ffl"]["fkd"]["enabled"] is False
     assert params["data"]["protocol"] == "paper"
+    # ... applied like any experiment: `dvc exp apply` brings the model back from the cache.
+    run("dvc exp apply cifar100-ablation-D-s1", repo)
+    from ffl.artifact import load_model
+
+    method, info = load_model(Path(repo) / "models/model.pt")
+    assert method.name == "ffl" and info["provenance"]["data.source"] == "shapes"
+    run("git checkout -- . && git clean -fdq", repo)
 
     code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", *SET_TINY)
     assert code == 0 and "no runs yet: A, B, C" in out, out
@@ -438,18 +452,6 @@ def test_uncommitted_code_is_refused_before_any_run(repo, monkeypatch):
         assert code == 2 and "uncommitted changes (ffl/extra.py ...)" in out
     finally:
         (Path(repo) / "ffl/extra.py").unlink()
-
-
-@pytest.mark.slow  # a git + DVC repository, runs on Ray
-def test_a_recorded_run_applies_like_any_experiment(repo, monkeypatch):
-    """`dvc exp apply` brings a run's model back from the cache it was recorded into (a run that
-    test_reproduce_records_every_run_continues_and_reports recorded in this module's repository)."""
-    run("dvc exp apply cifar100-ablation-D-s1", repo)
-    from ffl.artifact import load_model
-
-    method, info = load_model(Path(repo) / "models/model.pt")
-    assert method.name == "ffl" and info["provenance"]["data.source"] == "shapes"
-    run("git checkout -- . && git clean -fdq", repo)
 
 
 @pytest.mark.slow  # a git + DVC repository, runs on Ray

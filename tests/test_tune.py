@@ -1,6 +1,8 @@
 """`ffl tune`: a real Ray Tune + Optuna search on tiny trials, failures, and resuming an interrupted
 search (a killed driver resuming on a cluster: tests/test_cluster.py)."""
 
+import csv
+import io
 import json
 import os
 import signal
@@ -76,18 +78,31 @@ def test_search_writes_table_best_params_and_plots_and_survives_diverging_trials
     html = workdir / "tune/plots/optimization_history.html"
     assert 1000 < html.stat().st_size < 100_000  # plotly.js from its CDN, not embedded
     assert (workdir / "tune/plots/optimization_history.png").stat().st_size > 1000
-    # Importances need two scored trials; with fewer (the others diverged) the file says why.
-    scored = statuses.count("completed")
-    if scored >= 2:
-        assert (workdir / "tune/plots/param_importances.png").stat().st_size > 1000
-    else:
-        assert (workdir / "tune/plots/param_importances.txt").read_text() == (
-            f"not computed: {scored} trial(s) scored; importances need at least 2\n"
-        )
+    # Importances need two scored trials; with one (sampler seed 0: the other two diverged) the
+    # file says why (test_importances_are_drawn_from_two_scored_trials: the picture).
+    assert statuses.count("completed") == 1
+    assert (workdir / "tune/plots/param_importances.txt").read_text() == (
+        "not computed: 1 trial(s) scored; importances need at least 2\n"
+    )
+    assert not (workdir / "tune/plots/param_importances.png").exists()
     assert json.loads((workdir / "tune/summary.json").read_text())["failed"] == len(diverged)
     # An earlier search is never silently replaced.
     with pytest.raises(UserError, match="--resume continues it, --fresh discards it"):
         tune(params, read_yaml("params.yaml"))
+
+
+def test_importances_are_drawn_from_two_scored_trials(tmp_path):
+    from pipeline.tune_results import write_plots
+
+    params = validate(search_params())
+    rows = [
+        {"status": "completed", "score": score, "method.ffl.temperature": t, "train.lr": lr}
+        for score, t, lr in [(80.0, 2.0, 0.05), (70.0, 4.0, 0.05), (90.0, 6.0, 1.0e30), (60.0, 3.0, 0.05)]
+    ]
+    write_plots(rows, params, tmp_path)
+    assert (tmp_path / "param_importances.png").stat().st_size > 1000
+    assert (tmp_path / "optimization_history.png").stat().st_size > 1000
+    assert not (tmp_path / "param_importances.txt").exists()
 
 
 def test_a_time_budget_ends_the_search_and_ranks_what_finished_in_its_own_folder(workdir, ray_session):
@@ -101,14 +116,14 @@ def test_a_time_budget_ends_the_search_and_ranks_what_finished_in_its_own_folder
     space = {"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}}
     write_params(workdir, search_params(trials=40, max_concurrent=1, epochs=1, space=space, time_budget_min=0.5))
     assert ffl(workdir, "prepare").returncode == 0
-    started = time.monotonic()
     result = CliRunner().invoke(app, ["tune", "--out", "searches/ffl"])
     assert result.exit_code == 0, result.output
-    assert time.monotonic() - started < 120  # 40 trials one at a time would take several minutes
     summary = json.loads((workdir / "searches/ffl/summary.json").read_text())
-    assert summary["stopped"].startswith("the time budget (0.5 min) ran out: ") and 1 <= summary["trials"] < 40
+    # The bound stopped it (40 one-epoch trials one at a time take minutes), and the results say so.
+    assert summary["stopped"] == f"the time budget (0.5 min) ran out: {summary['trials']} of 40 trials ran"
+    assert 1 <= summary["trials"] < 40 and "time budget (0.5 min) ran out" in result.output
     assert summary["scored_on"]["split"] == "val" and summary["scored_on"]["images"] == 40  # 25% of 160
-    assert 25 <= summary["wall_s"] < 120
+    assert summary["wall_s"] >= 30  # it ran until the bound, not less
     assert len(read_trials(workdir / "searches/ffl/trials.csv")) == summary["trials"]
     assert "on the validation split" in (workdir / "searches/ffl/best_params.yaml").read_text()
     assert (workdir / "searches/ffl/ray/search").is_dir() and not (workdir / "tune").exists()
@@ -246,7 +261,14 @@ def test_a_search_in_shared_storage_resumes_and_refuses_other_params(workdir, tm
         "resume it with those, or start a new search with --fresh"
     )
     assert (workdir / "tune/trials.csv").read_text() == table
-    assert ffl(workdir, "tune", "--resume").returncode == 0  # the same params resume, from the storage
+    reports = {p: p.read_text() for p in (shared / "search").glob("trial_*/result.json")}
+    resumed = ffl(workdir, "tune", "--resume")  # the same params resume, from the storage
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # The finished search is taken up as it was: its trial is not run again, the table is its own.
+    assert {p: p.read_text() for p in (shared / "search").glob("trial_*/result.json")} == reports
+    assert [r["trial_id"] for r in read_trials(workdir / "tune/trials.csv")] == [
+        r["trial_id"] for r in csv.DictReader(io.StringIO(table))
+    ]
 
 
 @pytest.mark.parametrize(
