@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -78,7 +79,8 @@ def test_a_killed_driver_resumes_its_search_from_the_shared_storage(cluster, tmp
 
 def _when_a_task_runs_on(node, name, deadline_s=300):
     """Waits until a worker of ``node`` executes the task or actor ``name`` (Ray titles such a
-    process ``ray::name``): a task leased but not started yet would go to another node unharmed."""
+    process ``ray::name``): a task leased but not started yet would go to another node unharmed.
+    Returns that worker process."""
     import psutil
 
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
@@ -87,7 +89,7 @@ def _when_a_task_runs_on(node, name, deadline_s=300):
         for p in raylet.children(recursive=True):
             try:
                 if any(part.startswith(f"ray::{name}") for part in p.cmdline()):
-                    return
+                    return p
             except psutil.Error:
                 pass
         assert time.time() < deadline, f"no {name} task ever ran on the node"
@@ -131,8 +133,17 @@ def test_reproduce_spreads_runs_over_the_nodes_and_a_lost_node_s_run_is_run_agai
     tiny = [a for s in [*TINY, "train.epochs=4"] for a in ("-S", s)]
 
     def well_into_its_run(lost):
-        _when_a_task_runs_on(lost, "execute")
-        time.sleep(2)
+        """Once the run on the lost node has checkpointed its first epoch (of four)."""
+        import tempfile
+
+        from pipeline.reproduce import SCRATCH
+
+        worker = _when_a_task_runs_on(lost, "execute")
+        first_epoch = f"{SCRATCH}{worker.pid}-*/run0/checkpoints/last.pt"
+        deadline = time.time() + 300
+        while not any(Path(tempfile.gettempdir()).glob(first_epoch)):
+            assert time.time() < deadline and worker.is_running(), "the run on the lost node never checkpointed"
+            time.sleep(0.05)
 
     _, proc, out, err = _lose_a_node_while(cluster, [*args, *tiny], repo, well_into_its_run)
     assert proc.returncode == 0, out + err
