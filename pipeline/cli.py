@@ -15,6 +15,9 @@ import typer
 from pipeline.boundary import error_boundary, fail
 from pipeline.errors import UserError
 
+# Each command imports what it runs inside its own function: `ffl --help`, a refused argument and
+# each command start without loading torch, Ray or DVC for the others (the only function-local
+# imports of the project's own modules besides Ray workers' and the error boundary's).
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

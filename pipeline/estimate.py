@@ -9,8 +9,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ffl.data import DatasetNotFound
+from ffl.data.cifar import find_form
+from ffl.methods import build_method
 from pipeline.experiments import recorded, sort_out
-from pipeline.params import Params, apply_overrides, read_yaml, validate
+from pipeline.params import Params, apply_overrides, method_spec, read_yaml, validate
 from pipeline.params.base import Section, refused
 from pipeline.tables import Run
 
@@ -34,9 +37,6 @@ def flops_per_image(p: Params) -> float:
     """Forward FLOPs of the run's whole method (every sub-network, the fusion) on one image."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from ffl.methods import build_method
-    from pipeline.params import method_spec
 
     classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}.get(p.data.source, 10)
     size = p.data.files.image_size if p.data.source in ("imagenet", "imagefolder") else 32
@@ -106,9 +106,6 @@ def missing_data(params: Params, root: Path) -> str | None:
     if d.source == "shapes":
         return None
     if d.source in TRAIN_IMAGES and d.source != "imagenet":
-        from ffl.data import DatasetNotFound
-        from ffl.data.cifar import find_form
-
         try:
             find_form(d.source, root)
         except DatasetNotFound as e:

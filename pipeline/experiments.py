@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ffl import atomic
+from ffl.data import prepared_provenance
 from pipeline.errors import UserError
 from pipeline.params import Params
 from pipeline.run import run_identity
@@ -121,7 +122,6 @@ def recorder():
             dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=tree)
 
             def record(run: Run, files: dict[str, bytes]) -> None:
-                from ffl.data import prepared_provenance
                 from pipeline.stages.prepare import prepare  # a stage, run here as reproduce's runs do
 
                 git("checkout", "--", ".", cwd=tree)

@@ -6,6 +6,7 @@ import typing
 
 from ffl.methods import METHODS, Method
 from ffl.methods import settings as method_settings
+from ffl.stacked import stack_refusal
 
 INTRO = """# Methods
 
@@ -61,7 +62,6 @@ def _value(v) -> str:
 
 
 def stacking(cls) -> str:
-    from ffl.stacked import stack_refusal
 
     reason = stack_refusal(cls, cls.Settings())
     if reason is None:

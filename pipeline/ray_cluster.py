@@ -10,6 +10,7 @@ from pathlib import Path
 import ray
 import ray.tune
 
+from ffl.data import FileDataset
 from ffl.errors import one_line
 from pipeline.errors import UserError
 from pipeline.params import Params
@@ -57,8 +58,6 @@ def check_files_reach_every_node(data) -> None:
     """An image-file dataset travels to the trials as an index of paths: every node must see the
     images at the same place. Checked on each live node before any trial starts."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ffl.data import FileDataset
 
     if not isinstance(data, FileDataset):
         return  # the arrays themselves travel through Ray's object store

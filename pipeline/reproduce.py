@@ -16,15 +16,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ray
+import ray.exceptions
+import torch
+
 from ffl import atomic
 from ffl.errors import one_line
+from pipeline import paths
+from pipeline.callbacks import write_curves
+from pipeline.dataset import load_prepared
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.estimate import flops_per_image, train_images
 from pipeline.experiments import OUTPUTS, check_repository, link_data_root, recorded, recorder, sort_out
 from pipeline.params import Params, validate
 from pipeline.params.schema import ReproduceParams
 from pipeline.ray_cluster import lost, start_ray
-from pipeline.runtime import working_directory
+from pipeline.run import finish_run
+from pipeline.runtime import ensure_writable, resolve_device, working_directory
+from pipeline.stacked import stacks, train_stacked
 from pipeline.tables import Run
 
 
@@ -32,10 +41,7 @@ def execute(raws: list[dict], data_root: str, threads: float) -> tuple[list[dict
     """A Ray task on whichever worker Ray chose: one run, or a row's seeds trained as one model
     (pipeline.stacked), each through the stages (as `dvc repro` runs them) in a scratch directory of
     its own; each run's outputs, and the node, back."""
-    import ray
-    import torch
-
-    from pipeline.stages.sequence import run_stages  # the stages and torch: in the worker only
+    from pipeline.stages.sequence import run_stages  # dvc.yaml's stages: run in the worker, not the driver
 
     torch.set_num_threads(max(1, int(threads)))
     with atomic.scratch(SCRATCH) as scratch:
@@ -61,13 +67,7 @@ def execute(raws: list[dict], data_root: str, threads: float) -> tuple[list[dict
 def train_together(dirs: list[Path], runs: list[Params]) -> None:
     """The prepare and train stages of a row's seeds, the seeds trained as one model: each run's
     directory then holds what the train stage would have left there (its model and curves)."""
-    from pipeline import paths
-    from pipeline.callbacks import write_curves
-    from pipeline.dataset import load_prepared
-    from pipeline.run import finish_run
-    from pipeline.runtime import ensure_writable, resolve_device
-    from pipeline.stacked import train_stacked
-    from pipeline.stages.sequence import run_stages
+    from pipeline.stages.sequence import run_stages  # dvc.yaml's stages: run in the worker, not the driver
 
     with working_directory(dirs[0]):
         run_stages(runs[0], last="prepare")  # one dataset for all: the seeds share the data params
@@ -91,8 +91,6 @@ def output_files() -> list[Path]:
 
 def reproduce(runs: list[Run], params: Params, address: str | None = None, echo=print) -> dict:
     """Runs what is not recorded yet; ``{"done": [...], "skipped": [...], "failed": {name: reason}}``."""
-    import ray
-
     check_repository()
     todo, skipped = sort_out(runs, recorded())
     summary = {"done": [], "skipped": list(skipped.values()), "failed": {}}
@@ -167,8 +165,6 @@ SCRATCH = "ffl-run-"  # a run's scratch directory in the worker's temporary fold
 def run_failure(e: Exception) -> str:
     """Why a run failed, in one line: its own error, or the loss of what ran it (Ray's own
     message for that is a paragraph)."""
-    import ray.exceptions
-
     tries = f"on each of {1 + LOST_RUN_RETRIES} tries"
     if isinstance(e, ray.exceptions.NodeDiedError):
         return lost("node", tries)
@@ -180,7 +176,6 @@ def run_failure(e: Exception) -> str:
 def task_groups(runs: list[Run], reproduce: ReproduceParams, have_gpus: bool) -> list[list[Run]]:
     """The Ray tasks to start: one run each, or a row's seeds together where they stack
     (pipeline.stacked.stacks)."""
-    from pipeline.stacked import stacks
 
     groups: dict[str, list[Run]] = {}
     for run in runs:

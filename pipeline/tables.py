@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, StringConstraints, ValidationError, model_validator
 
 from pipeline.errors import ParamsError, UserError
-from pipeline.params import Params, apply_overrides, read_yaml, validate
+from pipeline.params import Params, apply_overrides, method_outputs, read_yaml, validate
 from pipeline.params.base import Section, refused
 
 TABLES = Path("configs/tables.yaml")
@@ -143,7 +143,6 @@ def row_metrics(table: Table, row: str, params: Params) -> list[str]:
 
 
 def reported_classifiers(params: Params) -> list[str]:
-    from pipeline.params import method_outputs
 
     return method_outputs(params) + (["sub_mean"] if len(params.archs()) > 1 else [])
 

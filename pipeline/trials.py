@@ -15,6 +15,8 @@ from ffl import atomic
 from ffl.callbacks import Callback
 from ffl.engine import NonFiniteLoss
 from pipeline.params import Params, set_dotted, validate
+from pipeline.run import build_trainer
+from pipeline.runtime import resolve_device
 
 # The schedulers' clock: epochs the trial has finished, reported by the trial itself (Ray's
 # training_iteration counts reports, and a trial restored from its checkpoint counts again).
@@ -38,9 +40,6 @@ class ReportToTune(Callback):
 def trial(config: dict, raw: dict, data, metric: str) -> None:
     """One trial: the base params with the sampled values, trained and reported epoch by epoch."""
     import torch
-
-    from pipeline.run import build_trainer
-    from pipeline.runtime import resolve_device
 
     p = validate(apply_config(raw, config))
     ctx = ray.tune.get_context()

@@ -24,8 +24,9 @@ import ray.tune
 
 from ffl.config_diff import described, differences
 from ffl.errors import one_line
+from pipeline.dataset import load_prepared
 from pipeline.errors import Interrupted, TrainingFailed, UserError
-from pipeline.params import Params, tune_metric
+from pipeline.params import Params, check_tune, tune_metric
 from pipeline.ray_cluster import check_files_reach_every_node, check_resources, lost, start_ray
 from pipeline.signals import take_back_terminate
 from pipeline.trials import CLOCK, ReportToTune, distributions, trial, trial_raw  # noqa: F401
@@ -219,8 +220,6 @@ def tune(
     """The search. ``raw``: the params as the trials start from them (file + overrides); ``base``:
     the params file alone, which best_overrides.txt is relative to (default: ``raw``); ``out``: the
     results folder."""
-    from pipeline.dataset import load_prepared
-    from pipeline.params import check_tune
 
     check_tune(params, raw)
     if resume and fresh:

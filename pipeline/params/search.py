@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
+from ffl.methods import METHODS
 from pipeline.errors import ParamsError
 from pipeline.params.base import MAX_EPOCHS, MAX_TRIALS, Section, refused
 
@@ -107,7 +108,6 @@ class TuneParams(Section):
         """The space that a search of ``method`` searches, flattened to ``{dotted param: Dimension}``:
         ``space.method`` holds a section per method (params.yaml has FFL's and DML's), and only the
         running method's own section counts, beside the rest (train.lr, ...)."""
-        from ffl.methods import METHODS
 
         return {
             k: d

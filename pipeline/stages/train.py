@@ -17,6 +17,7 @@ from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback
 from pipeline.dataset import load_prepared
 from pipeline.errors import PeerStopped, TrainingFailed, UserError
+from pipeline.launch import train_processes
 from pipeline.params import Params
 from pipeline.run import build_trainer, finish_run
 from pipeline.runtime import ensure_writable, resolve_device
@@ -35,8 +36,6 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
     except ValueError as e:
         raise UserError(f"torchrun's environment: {e}") from None
     if ranks is None and params.train.processes > 1:
-        from pipeline.launch import train_processes
-
         # What every process would refuse, refused once before they start.
         device = resolve_device(params.train.device)
         if device.type == "cuda" and torch.cuda.device_count() < params.train.processes:
