@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ffl import atomic
-from ffl.data.images import read_rgb
+from ffl.data.images import image_suffixes, read_rgb
 from ffl.errors import one_line
 from ffl.methods import Method
 
@@ -173,15 +173,14 @@ def _export_onnx(module, example, batch, path: Path, classes) -> None:
 
 # -- predictions on image files ---------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The files named, and every image file under the folders named (sorted), each once."""
-    found = []
+    """The files named, and every file of an image format Pillow opens under the folders named
+    (sorted), each once."""
+    found, suffixes = [], image_suffixes()
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
         else:
             found.append(p)
     # Named twice (a file and its folder, two spellings, a link): predicted once.

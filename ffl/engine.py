@@ -200,6 +200,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_resumable(path: str | Path, ckpt: dict, run_config: dict) -> None:
+    """A run of ``run_config`` can resume from checkpoint ``ckpt`` (read from ``path``): its format
+    and its run's config are this one's (CheckpointError naming what differs)."""
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+    diff = differences(ckpt["config"], run_config)
+    if diff:
+        raise CheckpointError(
+            f"{path}: checkpoint of another configuration ({described(diff)}); "
+            "delete it or train with --fresh to start over"
+        )
+
+
+def read_checkpoint(path: str | Path, run_config: dict) -> dict:
+    """The checkpoint at ``path``, read safely and refused unless a run of ``run_config`` can resume from it."""
+    ckpt = safe_load(path, CHECKPOINT_FIELDS)
+    check_resumable(path, ckpt, run_config)
+    return ckpt
+
+
 class Trainer:
     def __init__(
         self,
@@ -304,14 +324,7 @@ class Trainer:
         self._apply_checkpoint(path, safe_load(path, CHECKPOINT_FIELDS))
 
     def _apply_checkpoint(self, path: str | Path, ckpt: dict) -> None:
-        if ckpt["format"] != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
-        diff = differences(ckpt["config"], self.run_config)
-        if diff:
-            raise CheckpointError(
-                f"{path}: checkpoint of another configuration ({described(diff)}); "
-                "delete it or train with --fresh to start over"
-            )
+        check_resumable(path, ckpt, self.run_config)
         with reading(path):
             if not 0 <= ckpt["epoch"] <= self.config.epochs or len(ckpt["history"]) != ckpt["epoch"]:
                 raise ValueError(f"epoch {ckpt['epoch']} with {len(ckpt['history'])} epochs of history")

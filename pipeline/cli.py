@@ -187,7 +187,11 @@ def export(
 @app.command()
 @error_boundary
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="image files, or folders of them (searched recursively)")],
+    inputs: Annotated[
+        list[Path],
+        # Not checked by Click: a missing or unreadable file is named and skipped like a damaged one.
+        typer.Argument(help="image files, or folders of them (searched recursively)", readable=False),
+    ],
     classifier: Annotated[
         str, typer.Option(help="auto (fused, else the ensemble, else the network), sub0, sub1, ...")
     ] = "auto",

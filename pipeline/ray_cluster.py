@@ -14,6 +14,7 @@ from ffl.data import FileDataset
 from ffl.errors import one_line
 from pipeline.errors import UserError
 from pipeline.params import Params
+from pipeline.signals import take_back_terminate
 
 
 def start_ray(address: str | None) -> None:
@@ -36,6 +37,9 @@ def start_ray(address: str | None) -> None:
             f"--address {address}: no running Ray cluster was found ({one_line(e).split('.')[0]}); "
             "start one with `ray start --head`, or leave --address out for a Ray of this machine alone"
         ) from None
+    # ray.init installs its own SIGTERM handler (exit 15, no word; mid-call, an abort): SIGTERM is
+    # Ctrl-C again, so that a pre-empted reproduce or search ends as an interrupted one does.
+    take_back_terminate()
 
 
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:

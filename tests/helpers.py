@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,23 @@ FFL_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 def ffl(cwd, *args):
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=FFL_ENV, capture_output=True, text=True
+    )
+
+
+# root without its capabilities (CAP_DAC_OVERRIDE & co.): a chmod'ed folder or file refuses it as it
+# refuses any user (tests and CI run as root, which the mode bits alone would not stop).
+WITHOUT_CAPABILITIES = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+needs_setpriv = pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+
+
+def ffl_as_a_user(cwd, *args):
+    """`ffl ARGS` as a process whose file permissions are a user's (see WITHOUT_CAPABILITIES)."""
+    return subprocess.run(
+        [*WITHOUT_CAPABILITIES, sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        env=FFL_ENV,
+        capture_output=True,
+        text=True,
     )
 
 

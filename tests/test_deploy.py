@@ -16,7 +16,7 @@ from ffl.data import load_dataset
 from ffl.methods import METHODS
 from pipeline import paths
 from pipeline.cli import app
-from tests.helpers import ROOT, tiny_params, write_params
+from tests.helpers import ROOT, ffl_as_a_user, needs_setpriv, tiny_params, write_params
 
 runner = CliRunner()
 
@@ -179,6 +179,49 @@ def test_predict_skips_an_image_too_large_to_decode_and_reads_each_file_once(wor
         f"warning: {tmp_path / 'strip.png'}: cannot read it as an image (100000 x 700 pixels, beyond the 67 million "
         "ffl decodes); skipped"
     ]
+
+
+@needs_setpriv
+def test_what_a_user_may_not_write_or_read_is_named_and_nothing_is_replaced(workdir, tmp_path):
+    """As a user, not root: a read-only --out is refused whole (an export replaces its folder by a
+    rename, which the folder's own mode would not stop); an unreadable image is skipped by name."""
+    import stat
+
+    assert ffl("export", "--out", str(tmp_path / "ro"), "--format", "onnx")[0] == 0  # an earlier export
+    before = {f.name: f.read_bytes() for f in (tmp_path / "ro").iterdir()}
+    for f in [*(tmp_path / "ro").iterdir(), tmp_path / "ro"]:
+        f.chmod(f.stat().st_mode & ~0o222)
+    try:
+        proc = ffl_as_a_user(workdir, "export", "--out", str(tmp_path / "ro"))
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines() == [
+            f"error: --out: {tmp_path / 'ro'} is not writable; an export replaces it, so name a folder you may write"
+        ]
+        assert {f.name: f.read_bytes() for f in (tmp_path / "ro").iterdir()} == before
+        assert not stat.S_IMODE((tmp_path / "ro").stat().st_mode) & 0o222 and not list(tmp_path.glob(".ro.*"))
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+    data, _, _ = split_images(workdir)
+    for name in ("good.png", "secret.png"):
+        Image.fromarray(data.splits["test"].images[0].transpose(1, 2, 0)).save(tmp_path / name)
+    (tmp_path / "secret.png").chmod(0)
+    proc = ffl_as_a_user(tmp_path, "predict", "good.png", "secret.png", "--json", "--model", str(workdir / paths.MODEL))
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x)["file"] for x in proc.stdout.splitlines()] == ["good.png"]
+    assert proc.stderr.splitlines() == [
+        "warning: secret.png: cannot read it as an image ([Errno 13] Permission denied: 'secret.png'); skipped"
+    ]
+
+
+def test_predict_reads_every_format_pillow_opens(workdir, tmp_path):
+    data, _, _ = split_images(workdir)
+    frames = [Image.fromarray(data.splits["test"].images[i].transpose(1, 2, 0)) for i in range(2)]
+    frames[0].save(tmp_path / "a.png")
+    frames[0].save(tmp_path / "b.gif", save_all=True, append_images=frames[1:])  # animated: its first frame
+    result = runner.invoke(app, ["predict", str(tmp_path), "--json"])
+    assert result.exit_code == 0 and not result.stderr, result.output
+    assert [json.loads(x)["file"].rsplit("/", 1)[1] for x in result.stdout.splitlines()] == ["a.png", "b.gif"]
 
 
 def test_predict_with_nothing_readable_is_an_error(workdir, tmp_path):

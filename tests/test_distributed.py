@@ -189,7 +189,10 @@ def test_processes_must_match_an_outside_torchrun(tmp_path, env, message):
 
 
 def test_what_every_process_would_refuse_is_refused_before_they_start(two_processes, tmp_path):
-    """An output that cannot be written, found by `ffl train` itself: one line, no process started."""
+    """An output that cannot be written, a checkpoint no process could resume from, another training
+    in the folder: found by `ffl train` itself, in one line, before any process starts."""
+    from filelock import FileLock
+
     write_params(tmp_path, params(2))
     shutil.copytree(two_processes[0] / "data", tmp_path / "data")
     (tmp_path / "models/model.pt").mkdir(parents=True)
@@ -197,6 +200,29 @@ def test_what_every_process_would_refuse_is_refused_before_they_start(two_proces
     assert proc.returncode == 2, proc.stderr
     assert "models/model.pt: is a directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+    (tmp_path / "models/model.pt").rmdir()
+
+    checkpoint = tmp_path / "checkpoints/last.pt"
+    checkpoint.parent.mkdir(exist_ok=True)
+    for content, reason in [
+        (b"garbage", "unreadable checkpoint (truncated, corrupted or not ours)"),
+        (None, "not a checkpoint of this project (missing format"),
+    ]:
+        if content is None:
+            torch.save({"x": 1}, checkpoint)
+        else:
+            checkpoint.write_bytes(content)
+        proc = ffl(tmp_path, "train")
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.splitlines()  # not one per process and the launcher's
+        assert line.startswith(f"error: checkpoints/last.pt: {reason}") and line.endswith("--fresh to start over")
+        assert not (tmp_path / "dvclive").exists() and not (tmp_path / "models/model.pt").exists()
+    checkpoint.unlink()
+
+    with FileLock(str(tmp_path / "checkpoints/.lock")):  # a training running in this folder
+        proc = ffl(tmp_path, "train")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: checkpoints: another training is running in this directory"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,15 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.params import apply_overrides, load_params, read_yaml, validate
-from tests.helpers import ffl, read_trials, search_params, search_until_one_trial_finished, write_params
+from tests.helpers import (
+    ffl,
+    ffl_as_a_user,
+    needs_setpriv,
+    read_trials,
+    search_params,
+    search_until_one_trial_finished,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -205,6 +213,37 @@ def test_a_search_whose_folder_is_deleted_while_it_runs_fails_in_one_line(workdi
     again = ffl(workdir, "tune", "--fresh")
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(read_trials(workdir / "tune/trials.csv")) == 3
+
+
+@needs_setpriv
+def test_a_results_folder_a_user_may_not_write_is_refused_before_ray_starts(workdir):
+    write_params(workdir, search_params())
+    assert ffl(workdir, "prepare").returncode == 0
+    (workdir / "ro").mkdir(mode=0o555)
+    result = ffl_as_a_user(workdir, "tune", "--out", "ro")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: ro: output directory is not writable"]
+    assert not list((workdir / "ro").iterdir())
+
+
+def test_sigterm_is_ctrl_c_from_the_moment_ray_has_started(workdir):
+    """ray.init puts in its own SIGTERM handler (exit 15 without a word, or an abort mid-call): the
+    pre-empted command must end as an interrupted one does."""
+    script = (
+        "import os, signal\n"
+        "from pipeline.ray_cluster import start_ray\n"
+        "from pipeline.signals import terminate_is_interrupt\n"
+        "with terminate_is_interrupt():\n"
+        "    start_ray(None)\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        signal.sigtimedwait([], 0)\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('interrupted')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "interrupted", proc.stderr[-2000:]
+    assert "SIGTERM" not in proc.stderr  # nor Ray's own report of it
 
 
 def test_an_address_nothing_answers_on_fails_at_once(workdir):

@@ -32,6 +32,13 @@ def check_size(width: int, height: int, resize: int) -> None:
         raise ImageTooLarge(f"{what}, beyond the {MAX_PIXELS / 1e6:.0f} million ffl decodes")
 
 
+def image_suffixes() -> tuple[str, ...]:
+    """The file suffixes of every image format Pillow opens (.jpg, .png, .gif, .webp, .tiff, ...)."""
+    from PIL import Image
+
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
+
+
 def read_rgb(path: str | Path, resize: int):
     """The image at ``path`` as an 8-bit RGB PIL image, its size checked before it is decoded."""
     from PIL import Image

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from ffl import atomic
-from ffl.deploy import FORMATS, IMAGE_SUFFIXES, MANIFEST, Deployable, image_files, load_images
+from ffl.data.images import image_suffixes
+from ffl.deploy import FORMATS, MANIFEST, Deployable, image_files, load_images
 from ffl.deploy import export as deploy_export
 from ffl.deploy import predict as deploy_predict
 from pipeline import paths
@@ -67,6 +68,8 @@ def check_export_folder(out: Path) -> None:
     if out.is_dir():
         if os.path.ismount(out):
             raise UserError(f"--out: {out} is a mount point; name a folder inside it")
+        if not os.access(out, os.W_OK):  # replaced whole, by a rename its own mode would not stop
+            raise UserError(f"--out: {out} is not writable; an export replaces it, so name a folder you may write")
         foreign = [p.name for p in out.iterdir() if p.name != MANIFEST and p.suffix.lstrip(".") not in FORMATS]
         if foreign:
             raise UserError(
@@ -83,7 +86,10 @@ def predict(
     name = check_classifier(method, classifier)
     files = image_files(inputs)
     if not files:
-        raise UserError(f"no image files in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise UserError(
+            f"no image files in {', '.join(map(str, inputs))} (looked for the {len(image_suffixes())} formats "
+            "Pillow opens: .jpg, .png, .gif, .webp, .tiff, .bmp, ...)"
+        )
     images, kept, failed = load_images(files, spec)
     probs = deploy_predict(Deployable(method, name, spec).eval(), images)
     k = min(top, len(classes))

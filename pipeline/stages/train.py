@@ -12,14 +12,14 @@ from filelock import FileLock, Timeout
 from ffl import distributed
 from ffl.checkpoint import CheckpointError
 from ffl.data import Dataset
-from ffl.engine import NonFiniteLoss
+from ffl.engine import NonFiniteLoss, read_checkpoint
 from pipeline import paths
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback
 from pipeline.dataset import load_prepared
 from pipeline.errors import PeerStopped, TrainingFailed, UserError
 from pipeline.launch import train_processes
 from pipeline.params import Params
-from pipeline.run import build_trainer, finish_run
+from pipeline.run import build_trainer, finish_run, run_config
 from pipeline.runtime import ensure_writable, resolve_device
 from pipeline.signals import end_with_parent
 
@@ -45,6 +45,12 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
             )
         load_prepared(params)
         ensure_writable(paths.CHECKPOINTS, files=(paths.MODEL,))
+        training_lock().release()  # another training in this directory: said here, not by each rank
+        if not fresh and paths.CHECKPOINT.exists():
+            try:
+                read_checkpoint(paths.CHECKPOINT, run_config(params))
+            except CheckpointError as e:
+                raise UserError(checkpoint_refused(e)) from None
         return train_processes(params, fresh)
     if ranks is not None:
         end_with_parent()
@@ -74,6 +80,18 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
             raise
 
 
+def training_lock() -> FileLock:
+    """The directory's training lock, taken (one training at a time writes its checkpoints)."""
+    lock = FileLock(str(paths.LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"{paths.CHECKPOINTS}: another training is running in this directory") from None
+    except OSError as e:
+        raise UserError(f"{paths.LOCK}: cannot take the training lock ({e.strerror}); remove it") from None
+    return lock
+
+
 def checkpoint_refused(e: CheckpointError) -> str:
     """The checkpoint is the run's own file, so the way out is to start over (every rank alike)."""
     return str(e) if "--fresh" in str(e) else f"{e}; delete it or train with --fresh to start over"
@@ -90,13 +108,7 @@ def _train(params: Params, data: Dataset, device: torch.device, fresh: bool, pro
             raise UserError(checkpoint_refused(e)) from None
         trainer.fit()
         return paths.MODEL
-    lock = FileLock(str(paths.LOCK))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(f"{paths.CHECKPOINTS}: another training is running in this directory") from None
-    except OSError as e:
-        raise UserError(f"{paths.LOCK}: cannot take the training lock ({e.strerror}); remove it") from None
+    lock = training_lock()
     try:
         ensure_writable(paths.DVCLIVE.parent, files=(paths.MODEL,))
         callbacks = [DVCLiveCallback(paths.LIVE)] + ([ProgressCallback()] if progress else [])
