@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-ordered test-fast lint format bench clean
+.PHONY: install repro test test-ordered test-fast test-adversarial lint format bench clean
 
 install: $(STAMP)
 
@@ -28,17 +28,22 @@ repro: install
 SEED ?= 34
 test: install
 	@echo "test order: pytest-randomly, --randomly-seed=$(SEED)"
-	pytest -q -n 2 --dist loadfile -m "not alone" -p randomly --randomly-seed=$(SEED)
+	pytest -q -n 2 --dist loadfile -m "not alone and not adversarial" -p randomly --randomly-seed=$(SEED)
 	pytest -q -m alone -p randomly --randomly-seed=$(SEED)
 
 test-ordered: install
-	pytest -q -n 2 --dist loadfile -m "not alone" -p no:randomly
+	pytest -q -n 2 --dist loadfile -m "not alone and not adversarial" -p no:randomly
 	pytest -q -m alone -p no:randomly
 
 # The edit loop: everything but the end-to-end runs of real processes (marked slow: DVC, Ray,
 # DDP, killed and resumed runs), under 2 minutes on 2 cores. CI runs `make test`.
 test-fast: install
-	pytest -q -n 2 --dist loadfile -m "not slow"
+	pytest -q -n 2 --dist loadfile -m "not slow and not adversarial"
+
+# The black-box sweeps of the command line (tests/sweeps: a hostile and a careless user, each case a
+# test, run as a user without root's capabilities), about 25 minutes on 2 cores; not in `make test`.
+test-adversarial: install
+	pytest -q -m adversarial tests/sweeps -p no:randomly
 
 lint: install
 	ruff check .

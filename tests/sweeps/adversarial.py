@@ -1,6 +1,7 @@
 """Adversarial sweep of the `ffl` command line: what a hostile (or careless) new user does to it.
 
-    .venv/bin/python benchmarks/adversarial_sweep.py [--only NAME ...] [--md PATH] [--keep]
+    make test-adversarial                  # this sweep and tests/sweeps/careless.py, as pytest cases
+    .venv/bin/python -m tests.sweeps.adversarial [--only NAME ...] [--md PATH] [--keep]
 
 Every case runs in its own fresh temporary directory (tempfile.mkdtemp), never in the checkout;
 the few shared starting points (a prepared tiny dataset, a trained tiny model, a git + DVC clone of
@@ -38,14 +39,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
-if Path(sys.prefix).resolve() != VENV.resolve() and os.environ.get("FFL_SWEEP_REEXEC") != "1":
-    os.environ["FFL_SWEEP_REEXEC"] = "1"
-    os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), *sys.argv])
-
 FFL = str(VENV / "bin" / "ffl")
-DATASET = Path("/work/shared/datasets/cifar-10-batches-bin")
+# The genuine CIFAR-10 where the other real-data tests find it (tests/test_real_cifar.py); the
+# cases that need it are skipped without it.
+DATASET = Path(os.environ.get("FFL_CIFAR10_ROOT", ROOT.parent / "shared" / "datasets")) / "cifar-10-batches-bin"
+
+
+class Skipped(Exception):
+    """A case that cannot run on this machine (what it needs is not here)."""
+
+
+def require_dataset() -> None:
+    if not DATASET.is_dir():
+        raise Skipped(f"genuine CIFAR-10 is not at {DATASET} (FFL_CIFAR10_ROOT)")
+
+
 NOCAP = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]  # root without CAP_DAC_OVERRIDE & co.
 
 # The smallest sensible run: 10 shapes per class (90 training, 10 validation, 100 test images),
@@ -450,6 +460,7 @@ class Result:
     last: str
     seconds: float
     procs: list[Proc] = field(default_factory=list)
+    skipped: str = ""  # why the case could not run here
 
 
 CASES: list[Case] = []
@@ -613,6 +624,7 @@ override_case("set_processes_uneven", "train", "train.processes=3", "exit 2, bat
 
 def cifar_copy(c: Ctx, change: dict[str, object]) -> None:
     """raw/cifar-10-batches-bin: links to the real files, ``change``d ones replaced."""
+    require_dataset()
     folder = c.p("raw/cifar-10-batches-bin")
     folder.mkdir(parents=True)
     for f in DATASET.iterdir():
@@ -708,6 +720,7 @@ def _(c):
       "a prepared tiny shapes dataset; `ffl prepare` of the real CIFAR-10 gets SIGINT while it writes",
       "exit 130, one line; data/prepared is the old dataset or none (never half of the new one)")  # fmt: skip
 def _(c):
+    require_dataset()
     c.use("prepared")
     old = digest(c.p("data/prepared"))
     tmp_writes = lambda: any(".tmp" in f.name for f in c.p("data/prepared").iterdir())
@@ -909,56 +922,32 @@ def _(c):
     return c.ffl("train", *TINY), lambda p: expect_error(p, 2)
 
 
-@case("train_sigint_resume", "train", "$MEDIUM prepared data (3 epochs)",
-      "Ctrl-C (SIGINT to the group) after epoch 1: exit 130, one line; the rerun resumes and finishes")  # fmt: skip
-def _(c):
-    c.use("medium")
-    p = c.ffl_signal("train", *MEDIUM, trigger=r"epoch 1/3", action=to_group(signal.SIGINT),
-                     what="SIGINT to the process group after `epoch 1/3`")  # fmt: skip
+# Interrupted after epoch 1 three ways: the same run, the same rerun; SIGKILL leaves no line and a
+# stale lock file, Ctrl-C and SIGTERM end in one line naming the way on.
+for _name, _sig, _to, _who, _said in [
+    ("train_sigint_resume", signal.SIGINT, to_group, "the process group", "Ctrl-C (SIGINT to the group)"),
+    ("train_sigterm_resume", signal.SIGTERM, to_process, "ffl", "SIGTERM to ffl"),
+    ("train_sigkill_rerun", signal.SIGKILL, to_group, "the group", "SIGKILL to the group (stale lock file left)"),
+]:
 
-    def check(p):
-        if not p.triggered:
-            return ["the signal never fired"]
-        why = expect_error(p, 130, ["resume"]) + present(c, "checkpoints/last.pt") + absent(c, "models/model.pt")
-        again = c.ffl("train", *MEDIUM)
-        why += [f"rerun: {w}" for w in expect_ok(again, stdout=["resuming"])]
-        return why
+    def _interrupted(c, sig=_sig, to=_to, who=_who):
+        c.use("medium")
+        p = c.ffl_signal("train", *MEDIUM, trigger=r"epoch 1/3", action=to(sig),
+                         what=f"{sig.name} to {who} after `epoch 1/3`")  # fmt: skip
 
-    return p, check
+        def check(p):
+            if not p.triggered:
+                return ["the signal never fired"]
+            why = [] if sig == signal.SIGKILL else expect_error(p, 130, ["resume"]) + absent(c, "models/model.pt")
+            why += present(c, "checkpoints/last.pt")
+            again = c.ffl("train", *MEDIUM)
+            return why + [f"rerun: {w}" for w in expect_ok(again, stdout=["resuming"])] + present(c, "models/model.pt")
 
+        return p, check
 
-@case("train_sigterm_resume", "train", "$MEDIUM prepared data (3 epochs)",
-      "SIGTERM to ffl after epoch 1: exit 130, one line; the rerun resumes and finishes")  # fmt: skip
-def _(c):
-    c.use("medium")
-    p = c.ffl_signal("train", *MEDIUM, trigger=r"epoch 1/3", action=to_process(signal.SIGTERM),
-                     what="SIGTERM to ffl after `epoch 1/3`")  # fmt: skip
-
-    def check(p):
-        if not p.triggered:
-            return ["the signal never fired"]
-        why = expect_error(p, 130, ["resume"]) + present(c, "checkpoints/last.pt")
-        again = c.ffl("train", *MEDIUM)
-        why += [f"rerun: {w}" for w in expect_ok(again, stdout=["resuming"])]
-        return why
-
-    return p, check
-
-
-@case("train_sigkill_rerun", "train", "$MEDIUM prepared data (3 epochs)",
-      "SIGKILL after epoch 1 (stale lock file left): the rerun resumes and finishes (exit 0)")  # fmt: skip
-def _(c):
-    c.use("medium")
-    p = c.ffl_signal("train", *MEDIUM, trigger=r"epoch 1/3", action=to_group(signal.SIGKILL),
-                     what="SIGKILL to the group after `epoch 1/3`")  # fmt: skip
-
-    def check(p):
-        if not p.triggered:
-            return ["the signal never fired"]
-        again = c.ffl("train", *MEDIUM)
-        return [f"rerun: {w}" for w in expect_ok(again, stdout=["resuming"])] + present(c, "models/model.pt")
-
-    return p, check
+    expected = "the rerun resumes and finishes (exit 0)" if _sig == signal.SIGKILL else (
+        "exit 130, one line; the rerun resumes and finishes")  # fmt: skip
+    case(_name, "train", "$MEDIUM prepared data (3 epochs)", f"{_said} after epoch 1: {expected}")(_interrupted)
 
 
 @case("train_concurrent", "train", "$MEDIUM prepared data; a first `ffl train` (6 epochs) running",
@@ -1875,6 +1864,10 @@ def run_case(k: Case, keep: bool) -> Result:
     try:
         proc, check = k.fn(c)
         why = check(proc)
+    except Skipped as e:
+        c.cleanup()
+        print(f"SKIP {k.name}: {e}", flush=True)
+        return Result(k, True, [], [], None, "", "", 0.0, skipped=str(e))
     except Exception as e:  # the sweep's own trouble (a fixture that failed): the case fails with it
         proc, why = None, [f"sweep error: {type(e).__name__}: {str(e)[:300]}"]
     seconds = time.monotonic() - start
@@ -1891,8 +1884,16 @@ def run_case(k: Case, keep: bool) -> Result:
     return result
 
 
+def no_machine_paths(text: str) -> str:
+    """The report names no machine's paths: the checkout, the datasets and the temporary folders
+    become placeholders."""
+    for path, name in ((str(DATASET.parent), "<datasets>"), (str(ROOT), "<repo>"), (tempfile.gettempdir(), "<tmp>")):
+        text = text.replace(path, name)
+    return text
+
+
 def cell(text: str, width: int = 400) -> str:
-    text = text.replace("\n", "⏎").replace("|", "\\|")
+    text = no_machine_paths(text).replace("\n", "⏎").replace("|", "\\|")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -1904,7 +1905,7 @@ def markdown(results: list[Result], wall: float, argv: list[str]) -> str:
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- CPU (`lscpu | grep 'Model name'`): {cpu.partition(':')[2].strip() or '?'}, {os.cpu_count()} cores, no GPU",
-        f"- command: `.venv/bin/python {' '.join(['benchmarks/adversarial_sweep.py', *argv])}`",
+        f"- command: `.venv/bin/python {' '.join(['-m', 'tests.sweeps.adversarial', *argv])}`",
         f"- result: **{passed} of {len(results)} cases pass**; wall time {wall / 60:.1f} min",
         f"- `$TINY` = `{shlex.join(TINY)}`",
         f"- `$MEDIUM` = `{shlex.join(MEDIUM)}`",
@@ -1916,7 +1917,13 @@ def markdown(results: list[Result], wall: float, argv: list[str]) -> str:
     ]
     for i, r in enumerate(results, 1):
         k = r.case
-        res = "PASS" if r.passed else f"**FAIL** (exit {r.rc}): " + "; ".join(r.why)
+        res = (
+            f"skipped: {r.skipped}"
+            if r.skipped
+            else "PASS"
+            if r.passed
+            else f"**FAIL** (exit {r.rc}): " + "; ".join(r.why)
+        )
         excerpt = "" if r.passed else f"`{cell(r.first, 200)}` / `{cell(r.last, 300)}`"
         cmd = " ; ".join(f"`{cell(x, 300)}`" for x in r.commands)
         lines.append(f"| {i} | {k.name} | {cmd} | {cell(k.setup)} | {cell(k.expect)} | {cell(res)} | {excerpt} |")
@@ -1974,4 +1981,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if Path(sys.prefix).resolve() != VENV.resolve() and os.environ.get("FFL_SWEEP_REEXEC") != "1":
+        os.environ["FFL_SWEEP_REEXEC"] = "1"  # the project's environment, whatever python started it
+        os.execv(
+            str(VENV / "bin" / "python"),
+            [str(VENV / "bin" / "python"), "-m", "tests.sweeps.adversarial", *sys.argv[1:]],
+        )
     sys.exit(main())
