@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -360,11 +361,19 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TORCH_LOGS", "-torch")  # torch's own switch: its loggers at ERROR (and the ranks')
 
 
+def _terminated(signum, frame):
+    typer.echo("error: interrupted", err=True)
+    sys.exit(130)
+
+
 def main():  # console script entry point
     quiet_libraries()
     # Typer vendors Click and exports only this subclass of its UsageError (unknown options and
     # commands, missing or malformed values).
     usage_error = typer.BadParameter.__base__
+    # SIGTERM outside a command's own handling (as it ends, its outputs written) says so and exits
+    # 130, instead of killing the process without a word; inside a command it is Ctrl-C (boundary).
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except usage_error as e:

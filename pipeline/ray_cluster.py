@@ -4,6 +4,7 @@ before any work (reachable, resources a trial asks for, image files every node m
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ffl.data import FileDataset
 from ffl.errors import one_line
 from pipeline.errors import UserError
 from pipeline.params import Params
-from pipeline.signals import take_back_terminate
+from pipeline.signals import signals_deferred, take_back_terminate
 
 
 def start_ray(address: str | None) -> None:
@@ -31,7 +32,15 @@ def start_ray(address: str | None) -> None:
     # /tmp/ray/ray_current_cluster names, a stale one included (a killed `ray start` leaves it,
     # and the search then hangs waiting on a head that is gone).
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        # Ctrl-C while Ray starts would be lost in its start-up (raised in a forked child's lock
+        # release): held until it has started, then raised. SIGTERM meanwhile meets ray.init's own
+        # handler, which exits: an interrupt all the same.
+        with signals_deferred():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None
     except ConnectionError as e:  # auto with no cluster on this machine (Ray's own message names flags)
         raise UserError(
             f"--address {address}: no running Ray cluster was found ({one_line(e).split('.')[0]}); "

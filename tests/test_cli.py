@@ -297,3 +297,26 @@ def test_a_training_split_smaller_than_a_batch_names_the_held_out_fraction(workd
         "error: train.batch_size: 32 is larger than the training split "
         "(10 images, after data.val_fraction=0.95 of the training set was held out)"
     )
+
+
+def test_sigterm_as_a_command_ends_is_an_interrupt_not_a_silent_death(tmp_path):
+    """SIGTERM after a command's own handling (its outputs written, the process about to exit):
+    one line and exit 130, as everywhere else; it killed the process without a word (-15)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import FFL_ENV
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from pipeline import cli\n"
+        "@cli.app.command('ending')\n"
+        "def ending():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(2)\n"
+        "sys.argv = ['ffl', 'ending']\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=FFL_ENV, capture_output=True, text=True)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert [x for x in proc.stderr.splitlines() if x.strip()] == ["error: interrupted"]

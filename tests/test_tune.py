@@ -246,6 +246,27 @@ def test_sigterm_is_ctrl_c_from_the_moment_ray_has_started(workdir):
     assert "SIGTERM" not in proc.stderr  # nor Ray's own report of it
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_ray_starts_is_an_interrupt(workdir, sig):
+    """Ctrl-C while ray.init runs was lost inside it (the search or the runs went on); SIGTERM met
+    ray.init's own handler (exit 15, no word). Both end the start as Ctrl-C does."""
+    script = (
+        "import os, signal, threading\n"
+        "from pipeline.ray_cluster import start_ray\n"
+        "from pipeline.signals import terminate_is_interrupt\n"
+        "with terminate_is_interrupt():\n"
+        f"    threading.Timer(0.5, os.kill, (os.getpid(), signal.{sig})).start()\n"
+        "    try:\n"
+        "        start_ray(None)\n"
+        "        print('started')\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('interrupted')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "interrupted", (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_an_address_nothing_answers_on_fails_at_once(workdir):
     import socket
 
