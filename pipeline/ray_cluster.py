@@ -3,9 +3,10 @@ before any work (reachable, resources a trial asks for, image files every node m
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -32,15 +33,11 @@ def start_ray(address: str | None) -> None:
     # /tmp/ray/ray_current_cluster names, a stale one included (a killed `ray start` leaves it,
     # and the search then hangs waiting on a head that is gone).
     try:
-        # Ctrl-C while Ray starts would be lost in its start-up (raised in a forked child's lock
-        # release): held until it has started, then raised. SIGTERM meanwhile meets ray.init's own
-        # handler, which exits: an interrupt all the same.
-        with signals_deferred():
+        # An interrupt while Ray starts would be lost in its start-up (raised where Python can only
+        # print it, in a forked child's lock release, and the command went on): held until Ray has
+        # started, then raised where the command handles it.
+        with signals_deferred(), sigterm_left_alone():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    except SystemExit as e:
-        if e.code != signal.SIGTERM:
-            raise
-        raise KeyboardInterrupt from None
     except ConnectionError as e:  # auto with no cluster on this machine (Ray's own message names flags)
         raise UserError(
             f"--address {address}: no running Ray cluster was found ({one_line(e).split('.')[0]}); "
@@ -49,6 +46,25 @@ def start_ray(address: str | None) -> None:
     # ray.init installs its own SIGTERM handler (exit 15, no word; mid-call, an abort): SIGTERM is
     # Ctrl-C again, so that a pre-empted reproduce or search ends as an interrupted one does.
     take_back_terminate()
+
+
+@contextlib.contextmanager
+def sigterm_left_alone() -> Iterator[None]:
+    """ray.init first sets its own SIGTERM handler (``sys.exit(15)``, and where it runs inside
+    Ray's start-up the exit is printed and ignored): ffl's signal policy (pipeline.signals) owns
+    SIGTERM, so Ray's setter does nothing while it starts. A private function of Ray's, looked up
+    at its call: where a later Ray has none, nothing is changed (and take_back_terminate still
+    puts SIGTERM back once it has started)."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
 
 
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
