@@ -388,6 +388,11 @@ def main():  # console script entry point
     except typer.Abort:  # an interrupt outside a command's own handling (while Click starts or ends)
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    finally:
+        # The command has ended and said how: a SIGTERM while the interpreter shuts down (a second
+        # or so with torch and Ray loaded, when Python has put the default handler back) would kill
+        # the process with -15 instead of its exit code; nothing is left for it to stop.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -320,3 +320,16 @@ def test_sigterm_as_a_command_ends_is_an_interrupt_not_a_silent_death(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=FFL_ENV, capture_output=True, text=True)
     assert proc.returncode == 130, (proc.returncode, proc.stderr)
     assert [x for x in proc.stderr.splitlines() if x.strip()] == ["error: interrupted"]
+    # Once the command has ended, while the interpreter shuts down: its own exit code, not -15.
+    script = (
+        "import signal, sys\n"
+        "from pipeline import cli\n"
+        "sys.argv = ['ffl', 'methods']\n"
+        "try:\n"
+        "    cli.main()\n"
+        "except SystemExit as e:\n"
+        "    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, signal.getsignal(signal.SIGTERM)\n"
+        "    raise\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=FFL_ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
