@@ -122,7 +122,7 @@ def recorder():
             dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=tree)
 
             def record(run: Run, files: dict[str, bytes]) -> None:
-                from pipeline.stages.prepare import prepare  # a stage, run here as reproduce's runs do
+                from pipeline.stages.sequence import run_stages  # dvc.yaml's stages, as reproduce's runs
 
                 git("checkout", "--", ".", cwd=tree)
                 git("clean", "-fdq", cwd=tree)  # ignored outputs (data/) stay until replaced
@@ -140,7 +140,7 @@ def recorder():
                 with working_directory(tree):
                     here = link_data_root(run.params, str((repo / run.params.data.root).resolve()))
                     if prepared_provenance("data/prepared") != run.params.data.provenance():
-                        prepare(here)
+                        run_stages(here, last="prepare")
                 (tree / "checkpoints").mkdir(exist_ok=True)  # train's persistent output, empty once a run finished
                 dvc("commit", "-f", cwd=tree)
                 dvc("exp", "save", "-f", "-n", run.name, "-I", "dvclive", "-I", "plots", "-I", "metrics", cwd=tree)

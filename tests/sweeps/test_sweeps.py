@@ -6,7 +6,7 @@ results table (tests/sweeps/results/)."""
 
 import pytest
 
-from tests.sweeps import adversarial
+from tests.sweeps import adversarial, careless
 
 pytestmark = pytest.mark.adversarial
 
@@ -21,8 +21,21 @@ def _starting_points():
 
 
 @pytest.mark.parametrize("case", adversarial.CASES, ids=lambda c: c.name)
-def test_a_hostile_user(case):
+def test_a_hostile_user(case):  # tests/sweeps/adversarial.py
     result = adversarial.run_case(case, keep=False)
     if result.skipped:
         pytest.skip(result.skipped)
     assert result.passed, "; ".join(result.why)
+
+
+@pytest.fixture(scope="module")
+def careless_session():
+    session = careless.Session()
+    yield session
+    session.close()
+
+
+@pytest.mark.parametrize("case", list(careless.CASES.values()), ids=lambda c: c.name)
+def test_a_careless_user(case, careless_session):  # tests/sweeps/careless.py
+    outcome = careless_session.run(case)
+    assert outcome.ok, "; ".join(outcome.problems)
