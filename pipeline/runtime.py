@@ -44,6 +44,21 @@ def ensure_writable(*dirs: Path, files: tuple[Path, ...] = ()) -> None:
             raise UserError(f"{f}: is a directory or another non-file; move it away")
 
 
+def check_writable(*dirs: Path) -> None:
+    """Output directories that exist and can be written, or can be made: checked without making
+    them (a command that may still be refused leaves nothing behind)."""
+    for d in dirs:
+        existing = next(p for p in (d, *d.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"{d}: cannot create output directory ({existing} is not a folder)")
+        if not os.access(existing, os.W_OK):
+            raise UserError(
+                f"{d}: output directory is not writable"
+                if existing == d
+                else f"{d}: cannot create output directory ({existing} is not writable)"
+            )
+
+
 @contextlib.contextmanager
 def working_directory(path: Path):
     old = os.getcwd()

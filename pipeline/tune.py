@@ -28,7 +28,7 @@ from pipeline.dataset import load_prepared
 from pipeline.errors import Interrupted, TrainingFailed, UserError
 from pipeline.params import Params, check_tune, tune_metric
 from pipeline.ray_cluster import check_files_reach_every_node, check_resources, lost, start_ray
-from pipeline.runtime import ensure_writable
+from pipeline.runtime import check_writable
 from pipeline.signals import take_back_terminate
 from pipeline.trials import CLOCK, ReportToTune, distributions, trial, trial_raw  # noqa: F401
 from pipeline.tune_results import TUNE_DIR, scored_on, write_results
@@ -229,7 +229,7 @@ def tune(
         raise UserError(f"--out {out}: is a file; the results need a folder (give another --out)")
     storage = SearchStorage(params.tune.storage, out)
     # Both folders are written by the search: found out now, not from inside Ray's storage layer.
-    ensure_writable(out, *([Path(storage.root)] if "://" not in storage.root else []))
+    check_writable(out, *([Path(storage.root)] if "://" not in storage.root else []))
     experiment = storage.shown
     if resume and not storage.has_search():
         raise UserError(f"{experiment}: no search to resume")

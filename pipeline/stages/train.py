@@ -4,6 +4,7 @@ several DDP processes when ``train.processes`` says so; under the directory's lo
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -77,6 +78,10 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
         except Exception as e:
             if ranks.distributed and distributed.peer_stopped(e):
                 raise PeerStopped(f"process {ranks.rank}: another process of the run stopped") from None
+            if ranks.distributed:
+                # This process's own failure, decided: the launcher stopping it while it reports and
+                # leaves (its peers went first) must not turn it into an interrupt.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise
 
 
