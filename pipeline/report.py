@@ -214,9 +214,7 @@ def check_not_less(path: Path, entries: list[dict]) -> None:
     has none of the DVC experiments of the machine that ran them) does not replace it."""
     try:
         before = runs_in(json.loads(path.read_text())["rows"])
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, KeyError, TypeError):  # unreadable: nothing to keep
+    except (OSError, ValueError, KeyError, TypeError):  # none there, or unreadable: nothing to keep
         return
     now = runs_in(entries)
     if now < before:
