@@ -67,10 +67,41 @@ def resource_exhausted(e: BaseException) -> str | None:
     return None
 
 
+def outcome(e: BaseException, command: str = "") -> tuple[str, int] | None:
+    """The line and exit code of one of the project's expected failures (bad input, a failed run,
+    an interrupt, a machine out of memory or disk, a setting the library refused), or None for any
+    other error: a bug, whose traceback is what a report needs. ``command``: the command's name."""
+    from ffl.errors import DataError, SettingError  # (ffl loads torch: not at every command's start)
+
+    if isinstance(e, UserError):
+        return str(e), 2
+    if isinstance(e, PeerStopped):
+        return str(e), PeerStopped.EXIT_CODE
+    if isinstance(e, TrainingFailed):
+        return str(e), 1
+    if isinstance(e, Interrupted):
+        return str(e), 130
+    if isinstance(e, KeyboardInterrupt):
+        return (INTERRUPTED_TRAINING if command == "train" else INTERRUPTED), 130
+    if isinstance(e, SettingError):  # a setting the library refused: the params' key named
+        from pipeline.params.schema import params_key
+
+        return f"{params_key(e.key)}: {e.reason}", 2
+    if isinstance(e, DataError):  # a file of the dataset, named, found unusable mid-run
+        return str(e), 2
+    if (reason := resource_exhausted(e)) is not None:
+        return reason, 1
+    return None
+
+
+def exit_code(e: BaseException) -> int:
+    """The code a command that raised ``e`` exits with (1 for a bug's traceback, as Python's)."""
+    return 1 if (known := outcome(e)) is None else known[1]
+
+
 def error_boundary(fn):
-    """A command's error boundary: the project's expected failures (bad input, a failed run, an
-    interrupt, a machine out of memory or disk, a setting the library refused) become one line on
-    stderr and their exit code; anything else is a bug, whose traceback is what a report needs."""
+    """A command's error boundary: an expected failure (``outcome``) becomes one line on stderr and
+    its exit code; anything else is a bug, and its traceback is left as it is."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -79,27 +110,9 @@ def error_boundary(fn):
         try:
             with terminate_is_interrupt():
                 return fn(*args, **kwargs)
-        except UserError as e:
-            fail(str(e), 2)
-        except PeerStopped as e:
-            fail(str(e), PeerStopped.EXIT_CODE)
-        except TrainingFailed as e:
-            fail(str(e), 1)
-        except Interrupted as e:
-            fail(str(e), 130)
-        except KeyboardInterrupt:
-            fail(INTERRUPTED_TRAINING if fn.__name__ == "train" else INTERRUPTED, 130)
-        except Exception as e:
-            from ffl.errors import DataError, SettingError  # (ffl loads torch: not at every command's start)
-
-            if isinstance(e, SettingError):  # a setting the library refused: the params' key named
-                from pipeline.params.schema import params_key
-
-                fail(f"{params_key(e.key)}: {e.reason}", 2)
-            if isinstance(e, DataError):  # a file of the dataset, named, found unusable mid-run
-                fail(str(e), 2)
-            if (reason := resource_exhausted(e)) is None:
-                raise  # a bug: its traceback is what a report needs
-            fail(reason, 1)
+        except (Exception, KeyboardInterrupt) as e:
+            if isinstance(e, typer.Exit) or (known := outcome(e, fn.__name__)) is None:
+                raise
+            fail(*known)
 
     return wrapper

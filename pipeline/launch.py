@@ -57,14 +57,35 @@ def train_processes(params: Params, fresh: bool) -> None:
             os.environ.pop("OMP_NUM_THREADS", None)
 
 
-def first_failure(exits: dict[int, int]) -> tuple[int, int]:
+# The folder (set by the launcher for its ranks) where each failing rank records why it is leaving.
+EXITS = "FFL_RANK_EXITS"
+
+
+def record_exit(rank: int, code: int) -> None:
+    """A failing DDP rank records the code it is leaving with, as soon as that is decided and before
+    it closes its connections. torchrun's view can differ: a rank still ending is not in the poll
+    that caught the peer that saw it go, and a rank that saw its peer go can abort in its teardown
+    (SIGABRT from a C++ destructor) after its reason was decided."""
+    if folder := os.environ.get(EXITS):
+        (Path(folder) / f"{rank}").write_text(f"{code}\n")
+
+
+def recorded_exits(folder: Path) -> dict[int, int]:
+    """What ``record_exit`` wrote: {rank: the exit code it was leaving with}."""
+    return {int(f.name): int(f.read_text()) for f in folder.iterdir() if f.name.isdigit()}
+
+
+def first_failure(exits: dict[int, int], recorded: dict[int, int] | None = None) -> tuple[int, int]:
     """The process to name, and its exit code, from the exit codes of those that failed.
 
     When one process fails, the others end too, and those that ended in the same poll of torchrun's
     are in its failures as well: a process that saw its peer go (PeerStopped), one that the launcher
     stopped (SIGTERM: interrupted, or killed if it was already ending). torchrun names the lowest
     rank of them; this names the one whose failure was its own, then an interrupt, then the rest.
+    ``recorded``: the codes the ranks recorded as they failed (``record_exit``); a rank's record is
+    its reason, whatever torchrun saw of its end, and counts for a rank that torchrun did not catch.
     """
+    exits = exits | (recorded or {})
     secondary = (130, -signal.SIGTERM, PeerStopped.EXIT_CODE)
 
     def order(rank: int) -> tuple[int, int]:
@@ -103,11 +124,14 @@ def _run(params: Params, n: int, fresh: bool) -> None:
         # The ranks read exactly the params validated here (overrides applied), not the file again.
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        exits = Path(tmp) / "exits"
+        exits.mkdir()
+        os.environ[EXITS] = str(exits)
         try:
             with launcher_logs_quiet():
                 run(get_args_parser().parse_args(torchrun_args(n, params_file, fresh)))
         except ChildFailedError as e:
-            rank, code = first_failure({r: f.exitcode for r, f in e.failures.items()})
+            rank, code = first_failure({r: f.exitcode for r, f in e.failures.items()}, recorded_exits(exits))
             how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
             message = (
                 f"training process {rank} of {n} {how}, and the others were stopped "
@@ -121,3 +145,5 @@ def _run(params: Params, n: int, fresh: bool) -> None:
             raise TrainingFailed(message) from None
         except SignalException:
             raise Interrupted(INTERRUPTED_TRAINING) from None
+        finally:
+            os.environ.pop(EXITS, None)

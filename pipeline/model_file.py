@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ffl.artifact import load_model
 from ffl.checkpoint import CheckpointError
-from ffl.data.arrays import check_meta
+from ffl.data.dataset import check_meta
 from ffl.deploy import InputSpec
 from pipeline import paths
 from pipeline.errors import UserError

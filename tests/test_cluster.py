@@ -41,7 +41,7 @@ def test_image_files_every_node_must_see_are_checked_on_each_node(cluster, tmp_p
     from pipeline.ray_cluster import check_files_reach_every_node
 
     split = FileSplit(np.array(["a/1.png"]), np.array([0]))
-    data = FileDataset("imagefolder", ["a"], (0.5,) * 3, (0.25,) * 3, str(tmp_path), {"train": split})
+    data = FileDataset("imagefolder", ["a"], (0.5,) * 3, (0.25,) * 3, {"train": split}, root=str(tmp_path))
     with pytest.raises(UserError) as e:
         check_files_reach_every_node(data)
     for node in (n["NodeID"][:8] for n in ray.nodes() if n["Alive"]):

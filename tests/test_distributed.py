@@ -229,7 +229,6 @@ def test_what_every_process_would_refuse_is_refused_before_they_start(two_proces
     ("exits", "named"),
     [
         ({0: 3, 1: 1}, (1, 1)),  # rank 0 saw its peer go (exit 3) in the same poll: rank 1 is named
-        ({0: 3, 1: -9}, (1, -9)),
         ({0: 1, 1: 1}, (0, 1)),
         ({0: -15, 1: 1}, (1, 1)),  # rank 0 stopped by the launcher while it was ending
         ({0: 130, 1: -9}, (1, -9)),  # rank 0 stopped by the launcher mid-epoch
@@ -245,15 +244,35 @@ def test_the_launcher_names_the_process_that_failed_on_its_own(exits, named):
     assert first_failure(exits) == named
 
 
+@pytest.mark.parametrize(
+    ("exits", "named"),
+    [
+        ({0: 3}, (1, 1)),  # rank 1, still ending, was not in the poll that caught rank 0
+        ({0: -6}, (1, 1)),  # rank 0 saw rank 1 go, then aborted in its teardown: its record says why
+        ({0: -6, 1: 1}, (1, 1)),  # the same, both caught in one poll (torchrun would name rank 0)
+        ({0: 3, 1: -9}, (1, 1)),  # rank 1 killed while it was leaving with its own failure
+    ],
+)
+def test_what_the_ranks_recorded_names_the_process_whatever_torchrun_saw(exits, named):
+    from pipeline.launch import first_failure
+
+    assert first_failure(exits, recorded={0: 3, 1: 1}) == named
+
+
 def test_a_process_out_of_memory_ends_every_process_in_one_line_each(two_processes, tmp_path):
     """Rank 1 runs out of memory in the second epoch (injected through a sitecustomize that only
     rank 1 acts on): it says so in one line, the launcher stops rank 0 and names rank 1, no
-    traceback; the same command then resumes to the model of a run never stopped."""
+    traceback; the same command then resumes to the model of a run never stopped. Rank 1 frees what
+    it can, then takes 3 s to exit: rank 0 may see it go and leave first (or abort in its teardown),
+    the order in which this test once failed; the naming in every order is pinned just above."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
+        "    import atexit, time\n"
+        "    import gc\n"
+        "    atexit.register(lambda: (gc.collect(), time.sleep(3)))\n"
         "    import torch\n"
         "    calls = []\n"
         "    backward = torch.Tensor.backward\n"

@@ -126,6 +126,48 @@ def test_prepared_index_round_trips_and_says_its_format(tmp_path):
     assert not list((tmp_path / "prepared").glob("*.tmp"))
 
 
+def both_forms(tmp_path):
+    """The same small dataset in each prepared form: shapes as arrays, an image folder as files."""
+    from ffl.data import make_shapes
+
+    write_imagefolder(tmp_path / "ds", per_class={"train": 8, "val": 2})
+    return {
+        "arrays": make_shapes(train_per_class=4, test_per_class=2, val_fraction=0.25, seed=0),
+        "files": load_imagefolder(tmp_path / "ds", val_fraction=0.25, seed=0),
+    }
+
+
+def test_every_prepared_form_round_trips_through_the_one_loader_and_is_refused_the_same_way(tmp_path):
+    from ffl.data.prepared import FORMS
+
+    forms = both_forms(tmp_path)
+    assert set(forms) == set(FORMS)
+    for form, data in forms.items():
+        data.save(tmp_path / form)
+        back = load_dataset(tmp_path / form)
+        assert type(back) is FORMS[form] and back.form == form
+        assert (back.name, back.classes, back.num_classes) == (data.name, data.classes, len(data.classes))
+        assert back.mean == pytest.approx(data.mean) and back.std == pytest.approx(data.std)
+        items = back.split.items
+        for split in ("train", "val", "test"):
+            assert np.array_equal(getattr(back.splits[split], items), getattr(data.splits[split], items))
+            assert np.array_equal(back.splits[split].labels, data.splits[split].labels)
+        one_short = data.splits["test"].labels[:-1]
+        with pytest.raises(ValueError, match=f"^{len(one_short) + 1} {items} but {len(one_short)} labels$"):
+            back.split(getattr(data.splits["test"], items), one_short)
+
+
+def test_split_loader_gives_both_forms_the_same_batching(tmp_path):
+    options = ("shuffle", "drop_last", "seed", "lockstep", "views", "channels_last", "batch_size")
+    seen = {}
+    for form, data in both_forms(tmp_path).items():
+        files = FileSettings(image_size=24, resize=28, workers=0)
+        train = split_loader(data, "train", 4, "cpu", train=True, seed=5, views=2, channels_last=True, files=files)
+        test = split_loader(data, "test", 4, "cpu", seed=5, views=2, files=files)
+        seen[form] = [tuple(getattr(loader, o) for o in options) for loader in (train, test)]
+    assert seen["arrays"] == seen["files"] == [(True, True, 5, True, 2, True, 4), (False, False, 5, False, 1, False, 4)]
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")

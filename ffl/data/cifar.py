@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from ffl.data.arrays import ArrayDataset, Split, channel_stats, stratified_split
+from ffl.data.arrays import ArrayDataset, Split, channel_stats
+from ffl.data.dataset import stratified_split
 
 DATASETS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 CLASSES = {"cifar10": 10, "cifar100": 100}

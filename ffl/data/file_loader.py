@@ -25,7 +25,6 @@ from torchvision import transforms
 from ffl.data.files import FileSplit
 from ffl.data.images import ImageTooLarge, read_rgb
 from ffl.data.loader import Batches, view_seed
-from ffl.distributed import Ranks
 from ffl.errors import DataError, one_line
 
 
@@ -89,28 +88,22 @@ class FileLoader(Batches):
         batch_size: int,
         mean,
         std,
-        device: torch.device | str = "cpu",
+        device="cpu",
         train: bool = False,
         flip: bool = True,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        channels_last: bool = False,
         files: FileSettings = FileSettings(),
-        ranks: Ranks = Ranks(),
-        lockstep: bool = False,
-        views: int = 1,
+        **options,
     ):
-        super().__init__(
-            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep, views
-        )
+        """``train``: random-resized crops (and flips, with ``flip``), else resize and centre-crop.
+        ``options``: ``Batches``' (shuffle, drop_last, seed, channels_last, ranks, lockstep, views)."""
+        super().__init__(len(split), batch_size, mean, std, device, **options)
         if train:
             steps = [transforms.RandomResizedCrop(files.image_size)]
             steps += [transforms.RandomHorizontalFlip()] if flip else []
         else:
             steps = [transforms.Resize(files.resize), transforms.CenterCrop(files.image_size)]
         self.dataset = _Images(split, root, transforms.Compose([*steps, transforms.PILToTensor()]), files.resize)
-        self.dataset.views = views
+        self.dataset.views = self.views
         self.workers = files.workers
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ffl.data.arrays import prepared_meta, read_prepared, stratified_split, write_prepared
 from ffl.data.cifar import DatasetNotFound
+from ffl.data.dataset import LabelledSplit, PreparedDataset, stratified_split
 from ffl.errors import one_line
 
 # torchvision's ImageNet weights normalise with these; they serve any natural-image folder too.
@@ -28,52 +29,35 @@ IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar",
 
 
 @dataclass
-class FileSplit:
+class FileSplit(LabelledSplit):
     paths: np.ndarray  # (N,) str, relative to the dataset's root
     labels: np.ndarray  # (N,) int64
 
-    def __post_init__(self):
-        if len(self.paths) != len(self.labels):
-            raise ValueError(f"{len(self.paths)} files but {len(self.labels)} labels")
+    items: ClassVar[str] = "paths"
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def __post_init__(self):
+        self.paths = np.asarray(self.paths, dtype=str)  # fixed-width unicode: no pickle on load
+        self.check_lengths()
 
 
 @dataclass
-class FileDataset:
-    name: str
-    classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    root: str  # absolute: the prepared index may be read from another working directory
+class FileDataset(PreparedDataset):
     splits: dict[str, FileSplit]
+    _: KW_ONLY
+    root: str  # absolute: the prepared index may be read from another working directory
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    form: ClassVar[str] = "files"
+    split: ClassVar[type[FileSplit]] = FileSplit
+    compress: ClassVar[bool] = True
 
-    def save(self, directory: str | Path, provenance: dict | None = None) -> None:
-        arrays = {}
-        for split, data in self.splits.items():
-            arrays[f"{split}_paths"] = data.paths.astype(str)  # fixed-width unicode: no pickle on load
-            arrays[f"{split}_labels"] = data.labels
-        write_prepared(
-            directory,
-            "files.npz",
-            arrays,
-            prepared_meta(self, "files", provenance) | {"root": self.root},
-            compress=True,
-        )
+    def extra_meta(self) -> dict:
+        return {"root": self.root}
 
     @classmethod
-    def load(cls, directory: str | Path) -> FileDataset:
-        meta, splits = read_prepared(directory, "files.npz", "paths")
+    def from_meta(cls, meta: dict) -> dict:
         if not isinstance(meta.get("root"), str):
             raise ValueError("meta.json: root is missing or malformed")
-        return cls(meta["name"], meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta["root"], {
-            s: FileSplit(paths, labels) for s, (paths, labels) in splits.items()
-        })  # fmt: skip
+        return {"root": meta["root"]}
 
 
 def _index(folder, root: Path) -> FileSplit:
@@ -89,7 +73,7 @@ def _with_val(name: str, classes, root: Path, train: FileSplit, test: FileSplit,
         "val": FileSplit(train.paths[held], train.labels[held]),
         "test": test,
     }
-    return FileDataset(name, list(classes), IMAGENET_MEAN, IMAGENET_STD, str(root), splits)
+    return FileDataset(name, list(classes), IMAGENET_MEAN, IMAGENET_STD, splits, root=str(root))
 
 
 def load_imagenet(root: str | Path, val_fraction: float, seed: int) -> FileDataset:

@@ -33,10 +33,24 @@ class Augment:
 
 
 class Batches:
-    """What the engine, the step graph and evaluation read of a loader, whichever feeds it."""
+    """What the engine, the step graph and evaluation read of a loader, whichever feeds it. The
+    keyword options are every loader's (``DeviceLoader`` and ``FileLoader`` pass them on as they are)."""
 
     def __init__(
-        self, size, batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep, views
+        self,
+        size: int,
+        batch_size: int,
+        mean,
+        std,
+        device: torch.device | str = "cpu",
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        ranks: Ranks = Ranks(),
+        lockstep: bool = False,
+        views: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -101,24 +115,10 @@ class Batches:
 
 class DeviceLoader(Batches):
     def __init__(
-        self,
-        split: Split,
-        batch_size: int,
-        mean,
-        std,
-        device: torch.device | str = "cpu",
-        augment: Augment | None = None,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        channels_last: bool = False,
-        ranks: Ranks = Ranks(),
-        lockstep: bool = False,
-        views: int = 1,
+        self, split: Split, batch_size: int, mean, std, device="cpu", augment: Augment | None = None, **options
     ):
-        super().__init__(
-            len(split), batch_size, mean, std, device, shuffle, drop_last, seed, channels_last, ranks, lockstep, views
-        )
+        """``options``: ``Batches``' (shuffle, drop_last, seed, channels_last, ranks, lockstep, views)."""
+        super().__init__(len(split), batch_size, mean, std, device, **options)
         self.images = torch.from_numpy(split.images).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
         self.augment = augment

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import torch
 
-from ffl.data.arrays import ArrayDataset, check_meta
+from ffl.data.arrays import ArrayDataset
+from ffl.data.dataset import check_meta
 from ffl.data.file_loader import FileLoader, FileSettings
 from ffl.data.files import FileDataset
 from ffl.data.loader import Augment, DeviceLoader
 from ffl.distributed import Ranks
 
 Dataset = ArrayDataset | FileDataset
+FORMS = {form.form: form for form in (ArrayDataset, FileDataset)}
 
 
 def load_dataset(directory: str | Path) -> Dataset:
@@ -24,11 +26,9 @@ def load_dataset(directory: str | Path) -> Dataset:
     meta = json.loads((directory / "meta.json").read_text())
     check_meta(meta)
     form = meta.get("format", "arrays")
-    if form == "files":
-        return FileDataset.load(directory)
-    if form == "arrays":
-        return ArrayDataset.load(directory)
-    raise ValueError(f"unknown prepared format {form!r}")
+    if form not in FORMS:
+        raise ValueError(f"unknown prepared format {form!r}")
+    return FORMS[form].load(directory)
 
 
 def prepared_provenance(directory: str | Path) -> dict | None:
@@ -57,32 +57,7 @@ def split_loader(
     the authors' protocol keeps it) when ``train``, else every sample in order. Under DDP each
     rank gets its part of every batch of ``batch_size`` (ffl.distributed). ``views``: independently
     augmented views of every training batch, stacked along the batch (Method.train_views)."""
-    if isinstance(data, FileDataset):
-        return FileLoader(
-            data.splits[split],
-            data.root,
-            batch_size,
-            data.mean,
-            data.std,
-            device,
-            train=train,
-            flip=augment.flip,
-            shuffle=train,
-            drop_last=train and not keep_last,
-            seed=seed,
-            channels_last=channels_last,
-            files=files,
-            ranks=ranks,
-            lockstep=train,
-            views=views if train else 1,
-        )
-    return DeviceLoader(
-        data.splits[split],
-        batch_size,
-        data.mean,
-        data.std,
-        device,
-        augment=augment if train else None,
+    options = dict(
         shuffle=train,
         drop_last=train and not keep_last,
         seed=seed,
@@ -90,4 +65,10 @@ def split_loader(
         ranks=ranks,
         lockstep=train,
         views=views if train else 1,
+    )
+    if isinstance(data, FileDataset):
+        args = (data.splits[split], data.root, batch_size, data.mean, data.std, device)
+        return FileLoader(*args, train=train, flip=augment.flip, files=files, **options)
+    return DeviceLoader(
+        data.splits[split], batch_size, data.mean, data.std, device, augment=augment if train else None, **options
     )

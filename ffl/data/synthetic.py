@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ffl.data.arrays import ArrayDataset, Split, channel_stats, stratified_split
+from ffl.data.arrays import ArrayDataset, Split, channel_stats
+from ffl.data.dataset import stratified_split
 
 CLASSES = ["disk", "square", "triangle", "ring", "plus", "diamond", "stripes", "crescent", "frame", "two_dots"]
 SIZE = 32

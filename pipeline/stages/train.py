@@ -15,10 +15,11 @@ from ffl.checkpoint import CheckpointError
 from ffl.data import Dataset
 from ffl.engine import NonFiniteLoss, read_checkpoint
 from pipeline import paths
+from pipeline.boundary import exit_code
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback
 from pipeline.dataset import load_prepared
 from pipeline.errors import PeerStopped, TrainingFailed, UserError
-from pipeline.launch import train_processes
+from pipeline.launch import record_exit, train_processes
 from pipeline.params import Params
 from pipeline.run import build_trainer, finish_run, run_config
 from pipeline.runtime import ensure_writable, resolve_device
@@ -77,11 +78,14 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
             raise TrainingFailed(str(e)) from None
         except Exception as e:
             if ranks.distributed and distributed.peer_stopped(e):
+                record_exit(ranks.rank, PeerStopped.EXIT_CODE)
                 raise PeerStopped(f"process {ranks.rank}: another process of the run stopped") from None
             if ranks.distributed:
                 # This process's own failure, decided: the launcher stopping it while it reports and
-                # leaves (its peers went first) must not turn it into an interrupt.
+                # leaves (its peers went first) must not turn it into an interrupt, and the launcher
+                # names it even if its peers leave first.
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                record_exit(ranks.rank, exit_code(e))
             raise
 
 
