@@ -119,10 +119,7 @@ def stack_modules(models: list[nn.Module]) -> nn.Module:
 def stack_refusal(method_cls, settings) -> str | None:
     """Why runs of this method cannot be stacked, or None."""
     if not method_cls.stackable:
-        return (
-            f"{method_cls.name} combines its sub-networks beyond element-wise sums (a gate, attention or "
-            "concatenated features), which K runs laid side by side would mix"
-        )
+        return f"{method_cls.name} {method_cls.not_stackable}"
     if method_cls.has_own_step(settings):
         return f"{method_cls.name}'s step updates the networks several times per batch (its one-update step stacks)"
     return None

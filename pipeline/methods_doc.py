@@ -115,7 +115,7 @@ def method_section(name: str, cls) -> list[str]:
     out: list[str] = []
     low, high = cls.subnets
     count = f"{low} or more" if high is None else (str(low) if low == high else f"{low} to {high}")
-    sharing = SHARING[cls.sharing]
+    sharing = cls.sharing_doc or SHARING[cls.sharing]
     if not cls.static_step:
         step = "decided in Python per step (eager)"
     elif cls.step_phase is not Method.step_phase:

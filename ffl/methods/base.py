@@ -76,6 +76,14 @@ class Method(nn.Module):
     # (ffl.stacked): the forward may mix sub-networks only element-wise or through the fusion
     # module; a gate, attention or a layer over concatenated features would mix the runs.
     stackable: ClassVar[bool] = False
+    # Why not, where it is not (read by ffl.stacked's refusal and docs/methods.md).
+    not_stackable: ClassVar[str] = (
+        "combines its sub-networks beyond element-wise sums (a gate, attention or concatenated features), "
+        "which K runs laid side by side would mix"
+    )
+    # What ``model.shared: auto`` gives, where the method decides it otherwise than ``sharing`` says
+    # (``resolve_shared``); docs/methods.md reads it.
+    sharing_doc: ClassVar[str] = ""
 
     def __init__(self, archs: list[str], num_classes: int, shared: bool | None = None, settings=None, **kwargs):
         super().__init__()
