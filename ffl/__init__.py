@@ -24,13 +24,14 @@ from ffl.data import (
 )
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
 from ffl.fusion import FusionModule
-from ffl.methods import DML, FFL, KDCL, MCL, METHODS, ONE, PCL, DualNet, Method, OKDDip, Vanilla, build_method
+from ffl.methods import DML, FFL, KDCL, LMCL, MCL, METHODS, ONE, PCL, DualNet, Method, OKDDip, Vanilla, build_method
 from ffl.metrics import evaluate
 
 __all__ = [
     "DML",
     "FFL",
     "KDCL",
+    "LMCL",
     "MCL",
     "METHODS",
     "ONE",

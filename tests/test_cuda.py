@@ -7,7 +7,8 @@ import torch
 from ffl.callbacks import Callback
 from ffl.data import Augment, DeviceLoader, Split
 from ffl.engine import NonFiniteLoss, TrainConfig, Trainer
-from ffl.methods import DML, FFL, KDCL, ONE, PCL, DualNet, OKDDip
+from ffl.errors import SettingError
+from ffl.methods import DML, FFL, KDCL, LMCL, MCL, ONE, PCL, DualNet, OKDDip
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -78,11 +79,24 @@ def test_graphed_step_trains_like_the_eager_loop(method_cls):
     assert_same_run(train(method_cls, cuda_graph=True), train(method_cls, cuda_graph=False))
 
 
-@pytest.mark.parametrize("method_cls", [OKDDip, KDCL, PCL])
+@pytest.mark.parametrize("method_cls", [OKDDip, KDCL, PCL, MCL])
 def test_graphed_step_of_the_later_methods_trains_like_the_eager_loop(method_cls):
-    """Several augmented views (KDCL, PCL), loss-only outputs (OKDDip) and PCL's temporal means
-    moved after every optimiser step inside the graph."""
+    """Several augmented views (KDCL, PCL), loss-only outputs (OKDDip, MCL's embeddings), PCL's
+    temporal means moved after every optimiser step inside the graph, and MCL's fp32 contrastive
+    terms with their masks built on the device."""
     assert_same_run(train(method_cls, cuda_graph=True), train(method_cls, cuda_graph=False))
+
+
+def test_lmcl_trains_eagerly_on_cuda_with_its_meta_steps():
+    """L-MCL's meta step is decided on the host: auto takes the eager step, true is refused in one
+    line, and a run with a meta step at every step learns (its pair weights move) on the GPU."""
+    with pytest.raises(SettingError, match="decides each step in Python"):
+        train(LMCL, cuda_graph=True)
+    history, weights = train(LMCL, cuda_graph="auto", settings=LMCL.Settings(meta_every=1))
+    assert all(np.isfinite(h["train/loss/total"]) for h in history)
+    torch.manual_seed(0)
+    start = LMCL(["resnet8"] * 2, 10).state_dict()
+    assert not torch.equal(weights["pair_weights.proj.0.0.weight"].cpu(), start["pair_weights.proj.0.0.weight"])
 
 
 def test_dualnet_replays_one_graph_per_phase_like_the_eager_loop():

@@ -30,6 +30,8 @@ COMPANIONS = {
 VALUES = {
     # the mean teacher's warm-up decay min(1 - 1/(step+1), decay) stays below 0.999 for 1000 steps
     ("pcl", "ema_decay"): 0.5,
+    # two steps an epoch here: a meta step at every one of them, not only at the first
+    ("lmcl", "meta_every"): 1,
 }
 
 

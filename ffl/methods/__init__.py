@@ -11,6 +11,7 @@ from ffl.methods.dml import DML
 from ffl.methods.dualnet import DualNet
 from ffl.methods.ffl import FFL
 from ffl.methods.kdcl import KDCL
+from ffl.methods.lmcl import LMCL
 from ffl.methods.mcl import MCL
 from ffl.methods.okddip import OKDDip
 from ffl.methods.one import ONE
@@ -22,6 +23,7 @@ __all__ = [
     "DML",
     "FFL",
     "KDCL",
+    "LMCL",
     "MCL",
     "METHODS",
     "ONE",

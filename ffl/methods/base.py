@@ -248,7 +248,7 @@ class Method(nn.Module):
         """The classifier as a network of its own (images -> its logits), without the method's other
         parts, or None where it needs them (fused, ensembles). Sub-network i is its shared layers,
         branch and head; methods with other single-network classifiers add theirs."""
-        if classifier.startswith("sub") and classifier[3:].isdigit():
+        if is_subnetwork(classifier):
             return self.net.subnetwork(int(classifier[3:]))
         return None
 
@@ -268,6 +268,12 @@ class Method(nn.Module):
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+def is_subnetwork(classifier: str) -> bool:
+    """Whether ``classifier`` names a sub-network's own classifier (``sub0``, ``sub1``, ...), not
+    another classifier of the method (an ensemble, L-MCL's ``sub0_exit1``)."""
+    return classifier.startswith("sub") and classifier[3:].isdigit()
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from ffl.cam import cam_picture, class_activation_maps, pick_examples
 from ffl.checkpoint import CheckpointError
 from ffl.config_diff import described, differences
 from ffl.data import ArrayDataset, Dataset
+from ffl.methods.base import is_subnetwork
 from ffl.metrics import evaluate_and_predict
 from ffl.precision import resolve_precision
 from pipeline import paths
@@ -32,7 +33,7 @@ CAM_IMAGES = 8  # test images in the picture: the first of each of the first eig
 def summarise(errors: dict[str, dict[str, float]]) -> dict:
     """``{"test": {"top1_err": {classifier: %}, "top5_err": {...}}}``, the sub-networks' mean added:
     named like the training curves (``val/top1_err/fused``), so `dvc exp show` columns line up."""
-    subs = [v for k, v in errors.items() if k.startswith("sub")]
+    subs = [v for k, v in errors.items() if is_subnetwork(k)]
     out = dict(errors)
     if len(subs) > 1:
         out["sub_mean"] = {m: sum(s[m] for s in subs) / len(subs) for m in ("top1_err", "top5_err")}
