@@ -122,15 +122,19 @@ def tune(
     out: Annotated[Path, typer.Option(help="the results folder (and, unless tune.storage says, Ray's)")] = Path("tune"),
     preset: Annotated[
         str | None,
-        typer.Option(help="start from a table's row instead of --params: TABLE/ROW (configs/tables.yaml)"),
+        typer.Option(
+            help="a table's row instead of --params (TABLE/ROW), or every row of a table (TABLE) into <out>/TABLE/<row>"
+        ),
     ] = None,
     tables: TablesOpt = Path("configs/tables.yaml"),
 ):
     """Ray Tune + Optuna search over tune.space, scored on the validation split; results in tune/ (--out).
 
-    --preset TABLE/ROW searches around a row of a table (its recipe; the -S on top): the best
-    trial's best_overrides.txt is then relative to that row, so
+    --preset TABLE/ROW searches around a row of a table (its recipe, the table's search budget, the
+    -S on top): the best trial's best_overrides.txt is then relative to that row, so
     `ffl reproduce TABLE --rows ROW $(cat <out>/best_overrides.txt)` trains it over seeds.
+    --preset TABLE searches every row with the same budget, each into <out>/TABLE/<row>; the same
+    command continues, leaving finished rows alone.
 
     Each trial trains tune.epochs epochs (null: train.epochs) and is scored by tune.metric
     (minimised). tune/best_params.yaml and tune/best_overrides.txt both hold what the best trial
@@ -139,26 +143,20 @@ def tune(
     tune/ holds plain files that git versions (no DVC stage deletes them);
     `dvc exp save --include-untracked tune` records a search as an experiment.
     """
-    from pipeline.params import apply_overrides, read_yaml, validate
-
     overrides = list(set_ or []) + ([f"tune.trials={trials}"] if trials is not None else [])
     if preset is not None:
-        from pipeline.tables import load_tables, pick, row_raw
+        from pipeline.table_search import tune_preset
 
-        name, _, row = preset.partition("/")
-        if not row:
-            raise UserError(f"--preset: {preset!r} is not TABLE/ROW (cifar10-cpu/ffl)")
-        table, rows = pick(load_tables(tables), name, None)
-        if row not in rows:
-            raise UserError(f"--preset: {name} has no row {row!r}; its rows are {', '.join(rows)}")
-        base = row_raw(table, row)
+        summary = tune_preset(preset, tables, overrides, out, address, resume, fresh, echo=typer.echo)
     else:
-        base = read_yaml(params)
-    raw = apply_overrides(base, overrides)
-    p = validate(raw)
-    from pipeline.tune import tune as run  # checks the search space before Ray starts
+        from pipeline.params import apply_overrides, read_yaml, validate
 
-    summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=base, out=out)
+        base = read_yaml(params)
+        raw = apply_overrides(base, overrides)
+        p = validate(raw)
+        from pipeline.tune import tune as run  # checks the search space before Ray starts
+
+        summary = run(p, raw, address=address, resume=resume, fresh=fresh, base=base, out=out)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -227,15 +225,21 @@ def reproduce(
     tables: TablesOpt = Path("configs/tables.yaml"),
     address: Annotated[str | None, typer.Option(help="Ray cluster to run on: auto, or host:port")] = None,
     dry_run: Annotated[bool, typer.Option(help="list the runs and estimate their GPU time; run nothing")] = False,
+    tuned: Annotated[bool, typer.Option(help="each row at its search's best params (ffl tune --preset TABLE)")] = False,
 ):
     """A table of the paper over seeds: every (row, seed) a run on Ray, recorded as the DVC
     experiment <table>-<row>-s<seed>. Runs recorded already are skipped, so the same command
     continues an interrupted reproduction; a failed run is reported and the others go on.
     -S applies to every run (and `ffl report` needs the same -S to find them). Packing, CPUs per
     run and stacked seeds: the reproduce section of the params file (--params), -S included."""
-    from pipeline.tables import load_tables, plan
+    from pipeline.tables import load_tables, pick, plan
 
-    runs = plan(load_tables(tables), table, once("--rows", rows), once("--seeds", seeds), set_ or [])
+    presets, rows = load_tables(tables), once("--rows", rows)
+    if tuned:  # the rows with their search's best_overrides.txt on top, recorded beside the defaults
+        from pipeline.tuned_report import tuned_table
+
+        presets[table] = tuned_table(pick(presets, table, rows)[0], table, rows or list(presets[table].rows))
+    runs = plan(presets, table, rows, once("--seeds", seeds), set_ or [], variant="tuned" if tuned else "")
     if dry_run:
         from pipeline.estimate import dry_run as estimate
 
@@ -254,22 +258,9 @@ def exps(
 ):
     """The DVC experiments in a view that fits 120 columns: method, networks, seed, the deployed
     classifier's test error and the sub-networks' mean (`dvc exp show` has every column)."""
-    from rich.console import Console
-    from rich.table import Table
+    from pipeline.report import show_experiments
 
-    from pipeline.report import compact_rows, experiments
-
-    rows = compact_rows(experiments(all_commits))
-    if not rows:
-        typer.echo(
-            "no experiments yet (`dvc exp run`, `ffl reproduce`)" + ("" if all_commits else "; --all: other commits'")
-        )
-        return
-    table = Table("experiment", "method", "networks", "seed", "deployed top-1 %", "sub mean %", box=None)
-    table.columns[0].overflow = "fold"
-    for row in rows:
-        table.add_row(*row)
-    Console(width=120).print(table)
+    show_experiments(all_commits, typer.echo)
 
 
 @app.command()
@@ -281,6 +272,8 @@ def report(
     force: Annotated[
         bool, typer.Option(help="replace a report even when it was made from more runs than this one finds")
     ] = False,
+    tuned: Annotated[bool, typer.Option(help="every row at its defaults beside its tuned runs: <table>-tuned")] = False,
+    out: Annotated[Path, typer.Option(help="the reports' folder")] = Path("reports"),
 ):
     """The paper's table beside the runs that reproduce it (mean +- std over seeds, the difference):
     reports/<table>.md, .json and .png, from every DVC experiment whose params are a row's.
@@ -294,7 +287,12 @@ def report(
     for name in chosen:
         plan(presets, name, None, [0], set_ or [])  # every row's params valid (-S keys included)
     for name, preset in chosen.items():
-        path, entries = run(name, preset, set_ or [], force=force)
+        if tuned:
+            from pipeline.tuned_report import tuned_report
+
+            typer.echo(f"wrote {tuned_report(name, preset, out=out, force=force)}")
+            continue
+        path, entries = run(name, preset, set_ or [], out=out, force=force)
         missing = sorted({e["row"] for e in entries if e["mean"] is None})
         typer.echo(f"wrote {path}" + (f" (no runs yet: {', '.join(missing)})" if missing else ""))
 

@@ -104,7 +104,7 @@ def sort_out(runs: list[Run], done: dict[str, str]) -> tuple[list[Run], dict[str
             continue
         if run.name in done:
             digest = hashlib.sha1(run_identity(run.raw, seed=False).encode()).hexdigest()
-            run = dataclasses.replace(run, variant=digest[:6])
+            run = dataclasses.replace(run, variant="-".join(filter(None, [run.variant, digest[:6]])))
         todo.append(run)
     return todo, skipped
 

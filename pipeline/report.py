@@ -251,6 +251,22 @@ def merged(base: dict, over: dict) -> dict:
     return out
 
 
+def show_experiments(all_commits: bool, echo) -> None:
+    """``ffl exps``: ``compact_rows`` as a table that fits 120 columns."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    rows = compact_rows(experiments(all_commits))
+    if not rows:
+        echo("no experiments yet (`dvc exp run`, `ffl reproduce`)" + ("" if all_commits else "; --all: other commits'"))
+        return
+    table = RichTable("experiment", "method", "networks", "seed", "deployed top-1 %", "sub mean %", box=None)
+    table.columns[0].overflow = "fold"
+    for row in rows:
+        table.add_row(*row)
+    Console(width=120).print(table)
+
+
 def compact_rows(found: list[dict]) -> list[list[str]]:
     """``ffl exps``: one short row an experiment: name, method, networks, seed, the deployed
     classifier's top-1 test error and the sub-networks' mean (what tells runs apart)."""

@@ -21,6 +21,13 @@ TABLES = Path("configs/tables.yaml")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
+def _tune_only(changes: list[str]) -> list[str]:
+    outside = [c for c in changes if not c.partition("=")[0].strip().startswith("tune.")]
+    if outside:
+        raise ValueError(f"a search budget sets tune.* keys only (the rows set the rest), got {outside[0]!r}")
+    return changes
+
+
 def _no_seed(changes: list[str]) -> list[str]:
     if any(c.partition("=")[0].strip() == "seed" for c in changes):
         raise ValueError("seed is set by `ffl reproduce --seeds`, not by a table or a row")
@@ -42,6 +49,8 @@ class Table(Section):
     # method deploys) and are compared with the ``compare`` row's deployed classifier.
     metrics: list[str] = Field(default_factory=lambda: ["top1_err.deployed", "top1_err.sub_mean"])
     compare: str | None = None
+    # The one budget every row's search gets (`ffl tune --preset TABLE`): -S pairs of tune.*.
+    search: Annotated[list[str], AfterValidator(_tune_only)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _comparable(self):
@@ -108,8 +117,11 @@ class Run:
         return "-".join([self.table, self.row, *([self.variant] if self.variant else []), f"s{self.seed}"])
 
 
-def plan(tables, name: str, rows: list[str] | None, seeds: list[int], overrides: list[str] = ()) -> list[Run]:
-    """Every (row, seed) run of a table, its params validated (a bad row stops before any run)."""
+def plan(
+    tables, name: str, rows: list[str] | None, seeds: list[int], overrides: list[str] = (), variant: str = ""
+) -> list[Run]:
+    """Every (row, seed) run of a table, its params validated (a bad row stops before any run);
+    ``variant`` names the runs of a variant of the table (``tuned``: <table>-<row>-tuned-s<seed>)."""
     table, rows = pick(tables, name, rows)
     runs = []
     for row in rows:
@@ -121,7 +133,7 @@ def plan(tables, name: str, rows: list[str] | None, seeds: list[int], overrides:
                 raise UserError(f"{name}.{row}: {e}") from None
             if seed == seeds[0]:
                 check_paper_metrics(f"{name}.{row}", table.rows[row].paper, params)
-            runs.append(Run(name, row, seed, raw, params))
+            runs.append(Run(name, row, seed, raw, params, variant))
     return runs
 
 

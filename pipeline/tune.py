@@ -31,7 +31,7 @@ from pipeline.ray_cluster import check_files_reach_every_node, check_resources, 
 from pipeline.runtime import check_writable
 from pipeline.signals import take_back_terminate
 from pipeline.trials import CLOCK, ReportToTune, distributions, trial, trial_raw  # noqa: F401
-from pipeline.tune_results import TUNE_DIR, scored_on, write_results
+from pipeline.tune_results import TUNE_DIR, budget, scored_on, search_identity, write_results
 
 EXPERIMENT = "search"
 
@@ -168,6 +168,7 @@ class SearchStorage:
         self.experiment = f"{self.root.rstrip('/')}/{EXPERIMENT}"
         self.shown = f"{(root or str(out / 'ray')).rstrip('/')}/{EXPERIMENT}"  # as the user named it
         self.record = f"{self.path.rstrip('/')}/{EXPERIMENT}.params.json"  # what the search runs
+        self.clock = f"{self.path.rstrip('/')}/{EXPERIMENT}.wall_s"  # its wall time over every sitting
 
     def __str__(self) -> str:
         return self.shown
@@ -185,6 +186,20 @@ class SearchStorage:
             return None
         with self.fs.open_input_stream(self.record) as f:
             return json.loads(f.read().decode())
+
+    def elapsed(self) -> float:
+        """Seconds the search has run in earlier sittings (0 for a new one). Ray keeps the time
+        bound's remaining budget across a resume; this keeps the wall time that results report."""
+        import pyarrow.fs
+
+        if self.fs.get_file_info(self.clock).type == pyarrow.fs.FileType.NotFound:
+            return 0.0
+        with self.fs.open_input_stream(self.clock) as f:
+            return float(f.read().decode() or 0)
+
+    def set_elapsed(self, seconds: float) -> None:
+        with self.fs.open_output_stream(self.clock) as f:
+            f.write(f"{seconds:.1f}\n".encode())
 
     def start(self, params: Params) -> None:
         """Discards an earlier search and records what this one runs."""
@@ -260,24 +275,32 @@ def tune(
     # Tune logs "Trials did not complete: [...]" at ERROR after a search with failed trials: Progress
     # has said each one, with its reason.
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    before = storage.elapsed() if resume else 0.0
     started = time.monotonic()
-    results = tuner.fit()
-    wall = time.monotonic() - started
+    try:
+        results = tuner.fit()
+    finally:  # Ctrl-C and SIGTERM end fit() normally; only a hard kill loses this sitting's time
+        wall = before + time.monotonic() - started
+        if storage.started_with() is not None:
+            storage.set_elapsed(wall)
     if storage.started_with() is None:  # deleted under the running search (Ray makes its own files again)
         raise TrainingFailed(
             f"{experiment}: deleted while the search ran, so its trials could not keep their checkpoints and "
             f"the search cannot be resumed; `ffl tune --fresh` runs it again ({out} keeps no partial results)"
         )
-    extra = {"scored_on": scored_on(data), "wall_s": round(wall)}
-    budget = params.tune.time_budget_min
+    extra = {"scored_on": scored_on(data), "wall_s": round(wall), "budget": budget(params)}
+    extra["search"] = search_identity(params)
+    extra["space"] = {k: d.model_dump(mode="json") for k, d in params.tune.dimensions(params.method.name).items()}
+    bound = params.tune.time_budget_min
+    extra["ended"] = f"all {params.tune.trials} trials ran"
     if results.num_terminated + results.num_errors < params.tune.trials:
-        if budget is None or wall < budget * 60:
+        if bound is None or wall < bound * 60:
             # The results in the folder stay those of the last finished search.
             raise Interrupted(
                 f"{experiment}: search interrupted, finished trials kept; `ffl tune --resume` continues it"
             )
-        extra["stopped"] = (
-            f"the time budget ({budget:g} min) ran out: {len(results)} of {params.tune.trials} trials ran"
+        extra["ended"] = extra["stopped"] = (
+            f"the time budget ({bound:g} min) ran out: {len(results)} of {params.tune.trials} trials ran"
         )
         print(f"[tune] {extra['stopped']}; ranking those", flush=True)
     return write_results(results, params, raw, out=out, base=base, extra=extra)

@@ -3,6 +3,7 @@ and as `-S` overrides), the summary (which split scored the trials), and Optuna'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -56,6 +57,28 @@ def changed_params(base: dict, ran: dict) -> dict[str, str]:
         key: json.dumps(now[key], separators=(",", ":"))
         for key, _, _ in differences(base, ran, exact_types=True)
         if key in now and not key.startswith("tune.")
+    }
+
+
+def search_identity(params: Params) -> str:
+    """What a search ran, as a short digest that its summary.json carries: a search whose summary
+    carries the digest of the params it would run now is done (``ffl tune --preset TABLE``)."""
+    text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def budget(params: Params) -> dict:
+    """A search's budget, as its summary records it: what makes two searches equal."""
+    t = params.tune
+    return {
+        "trials": t.trials,
+        "time_bound_min": t.time_budget_min,
+        "trial_epochs": t.epochs or params.train.epochs,
+        "scheduler": t.scheduler.model_dump(mode="json"),
+        "sampler": t.sampler,
+        "sampler_seed": t.seed,
+        "concurrent": t.max_concurrent or "as the resources allow",
+        "resources": t.resources.model_dump(mode="json"),
     }
 
 
@@ -150,6 +173,10 @@ def write_plots(rows: list[dict], params: Params, out: Path) -> None:
     if len(complete) >= 2:
         try:
             draw(study, "param_importances", tune_metric(params), out)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's notes on ties, as when drawing
+                importances = optuna.importance.get_param_importances(study)
+            atomic.write_text(out / "importances.json", json.dumps(importances, indent=2) + "\n")
         except (ValueError, RuntimeError) as e:  # e.g. every trial sampled the same values
             why = str(e)
     else:
