@@ -65,9 +65,35 @@ def check_repository() -> None:
         )
 
 
-def experiments(all_commits: bool = True) -> list[dict]:
+# Every run a report was made from, as a plain file beside the reports (``keep_runs``): git versions
+# it, so a clone that has none of the DVC experiments (they are refs, pushed only by `dvc exp
+# push`) still reports them, and a report is never made from less than the last one.
+KEPT = Path("reports/runs")
+
+
+def kept_runs(folder: Path = KEPT) -> list[dict]:
+    """The runs ``keep_runs`` wrote, in the form ``experiments`` gives them."""
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged record is not a run
+        if isinstance(run, dict) and {"name", "params", "metrics"} <= set(run):
+            found.append({k: run[k] for k in ("name", "params", "metrics")})
+    return found
+
+
+def keep_runs(runs: list[dict], folder: Path = KEPT) -> dict[Path, bytes]:
+    """The files that keep ``runs`` (each ``reports/runs/<name>.json``), for the report to write
+    with its own files."""
+    return {folder / f"{r['name']}.json": (json.dumps(r, indent=1, sort_keys=True) + "\n").encode() for r in runs}
+
+
+def experiments(all_commits: bool = True, kept: Path = KEPT) -> list[dict]:
     """``[{"name", "params": raw params, "metrics": metrics/test.json}]`` of every DVC experiment of
-    every commit (`dvc exp show --json --all-commits`), or of HEAD's."""
+    every commit (`dvc exp show --json --all-commits`), or of HEAD's; then the runs kept beside the
+    reports (``keep_runs``) that no experiment here holds."""
     cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -81,7 +107,8 @@ def experiments(all_commits: bool = True) -> list[dict]:
                 metrics = (data.get("metrics") or {}).get("metrics/test.json", {}).get("data")
                 if params and metrics:
                     found.append({"name": rev.get("name") or rev.get("rev"), "params": params, "metrics": metrics})
-    return found
+    here = {(r["name"], run_identity(r["params"])) for r in found}
+    return found + [r for r in kept_runs(kept) if (r["name"], run_identity(r["params"])) not in here]
 
 
 def recorded() -> dict[str, str]:

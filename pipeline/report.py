@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ffl import atomic
 from pipeline.errors import UserError
-from pipeline.experiments import experiments
+from pipeline.experiments import experiments, keep_runs
 from pipeline.params import read_yaml, validate
 from pipeline.run import run_identity
 from pipeline.tables import Table, resolve_metric, row_metrics, row_raw
@@ -204,6 +204,12 @@ def picture(table: Table, entries: list[dict]) -> bytes:
     return png.getvalue()
 
 
+def used(found: list[dict], entries: list[dict]) -> list[dict]:
+    """The runs of ``found`` that ``entries`` were made from."""
+    names = {run for e in entries for run in e.get("runs") or ()}
+    return [r for r in found if r["name"] in names]
+
+
 def runs_in(entries: list[dict]) -> int:
     """How many runs a report was made from (each run once, whatever number of metrics it gives)."""
     return len({(e["row"], run) for e in entries for run in e.get("runs") or ()})
@@ -229,7 +235,8 @@ def report(
 ) -> tuple[Path, list[dict]]:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is not a folder; the reports are written into one")
-    entries = summarise(table, experiments(), overrides)
+    found = experiments()
+    entries = summarise(table, found, overrides)
     if not force:
         check_not_less(out / f"{name}.json", entries)
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()} for e in entries]
@@ -239,6 +246,7 @@ def report(
             out / f"{name}.png": picture(table, entries),
             out / f"{name}.md": markdown(name, table, entries).encode(),
         }
+        | keep_runs(used(found, entries))
     )
     return out / f"{name}.md", entries
 

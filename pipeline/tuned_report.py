@@ -22,8 +22,8 @@ from pathlib import Path
 from ffl import atomic
 from ffl.config_diff import flatten
 from pipeline.errors import UserError
-from pipeline.experiments import experiments
-from pipeline.report import REPORTS, check_not_less, ours, summarise
+from pipeline.experiments import experiments, keep_runs
+from pipeline.report import REPORTS, check_not_less, ours, summarise, used
 from pipeline.tables import Table, row_raw
 
 SEARCHES = Path("tune")
@@ -243,7 +243,8 @@ def picture(result: dict) -> bytes:
 
 
 def tuned_report(name: str, table: Table, searches: Path = SEARCHES, out: Path = REPORTS, force: bool = False) -> Path:
-    result = compare_rows(table, name, searches, experiments())
+    found = experiments()
+    result = compare_rows(table, name, searches, found)
     entries = [x for e in result["rows"] for x in (e["default"], e["tuned"]) if x]
     path = out / f"{name}-tuned.json"
     if not force:
@@ -257,5 +258,6 @@ def tuned_report(name: str, table: Table, searches: Path = SEARCHES, out: Path =
             out / f"{name}-tuned.png": picture(result),
             out / f"{name}-tuned.md": markdown(name, result).encode(),
         }
+        | keep_runs(used(found, entries))
     )
     return out / f"{name}-tuned.md"

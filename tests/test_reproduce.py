@@ -356,6 +356,14 @@ def test_reproduce_records_every_run_continues_and_reports(repo, monkeypatch):
     code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", *SET_TINY, "-S", "method.ffl.temperature=2.0")
     rows = json.loads((repo / "reports/cifar100-ablation.json").read_text())["rows"]
     assert next(e["runs"] for e in rows if e["row"] == "D") == [name]
+    # A clone without the experiments (refs, which only `dvc exp push` sends) reports the same
+    # runs: every report keeps the runs it was made from beside itself, in reports/runs/.
+    assert {p.stem for p in (repo / "reports/runs").glob("*.json")} == {*runs, name}
+    run("dvc exp remove -A", repo)
+    assert experiments(repo) == {}
+    code, out = ffl(repo, monkeypatch, "report", "cifar100-ablation", *SET_TINY)
+    assert code == 0, out
+    assert json.loads((repo / "reports/cifar100-ablation.json").read_text())["rows"] == report
 
 
 @pytest.mark.slow  # a git + DVC repository, runs on Ray
