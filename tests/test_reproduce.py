@@ -194,8 +194,14 @@ def test_a_report_is_not_replaced_by_one_made_from_fewer_runs(tmp_path, monkeypa
     runs = own_table_runs({"vanilla": [20.0, 21.0, 22.0], "ffl": [17.0, 17.5, 18.0]})
     monkeypatch.setattr(report, "experiments", lambda: runs)
     assert runner.invoke(app, ["report", "cifar10-cpu"]).exit_code == 0
-    written = {f.name: f.read_bytes() for f in (tmp_path / "reports").iterdir()}
-    assert set(written) == {"cifar10-cpu.md", "cifar10-cpu.json", "cifar10-cpu.png"}
+    written = {f.relative_to(tmp_path): f.read_bytes() for f in (tmp_path / "reports").rglob("*") if f.is_file()}
+    kept = {f"reports/runs/{r['name']}.json" for r in runs}  # the runs it was made from, kept beside it
+    assert {str(f) for f in written} == {
+        "reports/cifar10-cpu.md",
+        "reports/cifar10-cpu.json",
+        "reports/cifar10-cpu.png",
+        *kept,
+    }
 
     monkeypatch.setattr(report, "experiments", lambda: runs[:4])  # a clone with fewer experiments
     result = runner.invoke(app, ["report", "cifar10-cpu"])
@@ -204,7 +210,8 @@ def test_a_report_is_not_replaced_by_one_made_from_fewer_runs(tmp_path, monkeypa
         "error: reports/cifar10-cpu.json: made from 6 runs, and this report finds 4 (DVC experiments stay in the "
         "repository that ran them: `dvc exp pull <remote>` brings them here); --force replaces it"
     )
-    assert {f.name: f.read_bytes() for f in (tmp_path / "reports").iterdir()} == written  # nothing written
+    now = {f.relative_to(tmp_path): f.read_bytes() for f in (tmp_path / "reports").rglob("*") if f.is_file()}
+    assert now == written  # nothing written
     assert runner.invoke(app, ["report", "cifar10-cpu", "--force"]).exit_code == 0
     assert "| ffl | fused (deployed) | 17.00 | 1 |" in (tmp_path / "reports/cifar10-cpu.md").read_text()
 
