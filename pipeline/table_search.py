@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from pipeline.params import Params, apply_overrides, validate
 from pipeline.tables import Table, load_tables, pick, row_raw
 from pipeline.tune_results import search_identity
@@ -88,10 +88,16 @@ def tune_preset(
             echo(f"[tune] {name}/{r}: searched already ({ended(summaries[r])}); {folders[r]}")
             continue
         echo(f"[tune] {name}/{r}: {'resuming its search' if states[r] == 'unfinished' else 'searching'}")
-        summaries[r] = tune(
-            params, raw, address=address, resume=states[r] == "unfinished", fresh=fresh or states[r] == "new",
-            base=base, out=folders[r],
-        )  # fmt: skip
+        try:
+            summaries[r] = tune(
+                params, raw, address=address, resume=states[r] == "unfinished", fresh=fresh or states[r] == "new",
+                base=base, out=folders[r],
+            )  # fmt: skip
+        except Interrupted:
+            raise Interrupted(
+                f"{folders[r]}: search interrupted, finished trials kept; `ffl tune --preset {name}` continues it "
+                "(and the rows after it)"
+            ) from None
         echo(f"[tune] {name}/{r}: {ended(summaries[r])}; {folders[r]}")
     return summaries
 

@@ -74,10 +74,9 @@ def test_every_row_searched_alike_then_trained_tuned_and_reported_beside_its_def
         assert time.time() < deadline, "".join(lines)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(lines) + err
-    assert (
-        err.strip()
-        .splitlines()[-1]
-        .endswith("search interrupted, finished trials kept; `ffl tune --resume` continues it")
+    assert err.strip().splitlines()[-1] == (
+        "error: tune/tiny/ffl: search interrupted, finished trials kept; `ffl tune --preset tiny` continues it "
+        "(and the rows after it)"
     )
     searches = tmp_path / "tune/tiny"
     assert (searches / "vanilla/summary.json").is_file() and not (searches / "ffl/summary.json").exists()
