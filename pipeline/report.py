@@ -89,19 +89,26 @@ def summarise(table: Table, runs: list[dict], overrides: list[str] = ()) -> list
     return out
 
 
-def compare_with(entry: dict, base: dict) -> dict:
-    """``entry`` minus the ``base`` row's deployed classifier; beyond the seeds' spread when larger
-    than twice the standard error of the difference of the two means."""
-    out = {"baseline": {"row": base["row"], "metric": base["metric"], "mean": base["mean"], "std": base["std"]}}
-    if entry["mean"] is None or base["mean"] is None:
-        return out
-    out["vs_baseline"] = entry["mean"] - base["mean"]
-    a, b = entry["values"], base["values"]
-    if len(a) > 1 and len(b) > 1:
-        margin = 2 * math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-        out["margin"] = margin
-        out["beyond_spread"] = abs(out["vs_baseline"]) > margin
+def difference(a: dict, b: dict) -> dict:
+    """``a`` minus ``b`` (two entries of one metric, over seeds) as ``diff``; beyond the seeds' spread
+    when larger than twice the standard error of the difference of the two means (``margin``)."""
+    if a["mean"] is None or b["mean"] is None:
+        return {}
+    out = {"diff": a["mean"] - b["mean"]}
+    x, y = a["values"], b["values"]
+    if len(x) > 1 and len(y) > 1:
+        margin = 2 * math.sqrt(statistics.variance(x) / len(x) + statistics.variance(y) / len(y))
+        out |= {"margin": margin, "beyond_spread": abs(out["diff"]) > margin}
     return out
+
+
+def compare_with(entry: dict, base: dict) -> dict:
+    """``entry`` minus the ``base`` row's deployed classifier (``difference``, as ``vs_baseline``)."""
+    out = {"baseline": {"row": base["row"], "metric": base["metric"], "mean": base["mean"], "std": base["std"]}}
+    diff = difference(entry, base)
+    if "diff" in diff:
+        out["vs_baseline"] = diff.pop("diff")
+    return out | diff
 
 
 def markdown(name: str, table: Table, entries: list[dict]) -> str:

@@ -16,14 +16,13 @@ import io
 import json
 import math
 import shlex
-import statistics
 from pathlib import Path
 
 from ffl import atomic
 from ffl.config_diff import flatten
 from pipeline.errors import UserError
 from pipeline.experiments import experiments, keep_runs
-from pipeline.report import REPORTS, check_not_less, ours, summarise, used
+from pipeline.report import REPORTS, check_not_less, difference, ours, summarise, used
 from pipeline.tables import Table, row_raw
 
 SEARCHES = Path("tune")
@@ -69,19 +68,6 @@ def on_edge(value, dim: dict) -> bool:
     if dim["type"] in ("int", "logint") and value in (dim["low"], dim["high"]):
         return True
     return min(v - low, high - v) <= EDGE * (high - low)
-
-
-def difference(a: dict, b: dict) -> dict:
-    """``a`` minus ``b`` (two entries of one metric), with twice its standard error and whether it is beyond."""
-    if a["mean"] is None or b["mean"] is None:
-        return {}
-    out = {"diff": a["mean"] - b["mean"]}
-    if len(a["values"]) > 1 and len(b["values"]) > 1:
-        margin = 2 * math.sqrt(
-            statistics.variance(a["values"]) / len(a["values"]) + statistics.variance(b["values"]) / len(b["values"])
-        )
-        out |= {"margin": margin, "beyond_spread": abs(out["diff"]) > margin}
-    return out
 
 
 def compare_rows(table: Table, name: str, searches: Path, runs: list[dict]) -> dict:
