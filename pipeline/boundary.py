@@ -35,12 +35,17 @@ def workspace_state() -> str:
 RESTORE = "git checkout -- params.yaml dvclive metrics plots && dvc checkout"
 
 
-def fail(message: str, code: int = 2):
+def say(message: str, code: int = 2) -> None:
+    """A failure's one line on stderr."""
     # One line, whatever the user's values hold: a newline typed into a key or a path is shown as \n.
     message = message.replace("\r", "\\r").replace("\n", "\\n")
     if code == 130 and os.environ.get(RANK_OF_LAUNCHER):  # a Ctrl-C reaches every rank: `ffl train` says it once
-        raise typer.Exit(code)
+        return
     typer.echo(f"error: {message}{workspace_state()}", err=True)
+
+
+def fail(message: str, code: int = 2):
+    say(message, code)
     raise typer.Exit(code)
 
 
@@ -92,11 +97,6 @@ def outcome(e: BaseException, command: str = "") -> tuple[str, int] | None:
     if (reason := resource_exhausted(e)) is not None:
         return reason, 1
     return None
-
-
-def exit_code(e: BaseException) -> int:
-    """The code a command that raised ``e`` exits with (1 for a bug's traceback, as Python's)."""
-    return 1 if (known := outcome(e)) is None else known[1]
 
 
 def error_boundary(fn):

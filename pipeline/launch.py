@@ -14,11 +14,15 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import tempfile
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
+from pipeline.boundary import outcome, say
 from pipeline.errors import Interrupted, PeerStopped, TrainingFailed, UserError
 from pipeline.params import Params
 from pipeline.signals import INTERRUPTED_TRAINING, RANK_OF_LAUNCHER
@@ -68,6 +72,28 @@ def record_exit(rank: int, code: int) -> None:
     (SIGABRT from a C++ destructor) after its reason was decided."""
     if folder := os.environ.get(EXITS):
         (Path(folder) / f"{rank}").write_text(f"{code}\n")
+
+
+def leave_rank(rank: int, e: BaseException) -> NoReturn:
+    """A failing DDP rank's end: its exit code recorded (``record_exit``), its reason said as the
+    boundary says it (one line, or a bug's traceback), and the process gone without the teardown of
+    its process group. With a peer gone, that teardown is where gloo's C++ destructors abort
+    (SIGABRT, "terminate called without an active exception" on stderr), after the reason was
+    decided; nothing of the run is left to write by then (checkpoints are atomic, the lock is
+    released on the way out of the training)."""
+    # The reason is decided: the launcher stopping this process while it reports and leaves (its
+    # peers went first) must not turn it into an interrupt.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    known = outcome(e, "train")
+    code = 1 if known is None else known[1]
+    record_exit(rank, code)
+    if known is None:
+        traceback.print_exception(e)
+    else:
+        say(*known)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def recorded_exits(folder: Path) -> dict[int, int]:

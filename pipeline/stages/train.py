@@ -4,7 +4,6 @@ several DDP processes when ``train.processes`` says so; under the directory's lo
 from __future__ import annotations
 
 import shutil
-import signal
 from pathlib import Path
 
 import torch
@@ -15,11 +14,10 @@ from ffl.checkpoint import CheckpointError
 from ffl.data import Dataset
 from ffl.engine import NonFiniteLoss, read_checkpoint
 from pipeline import paths
-from pipeline.boundary import exit_code
 from pipeline.callbacks import DVCLiveCallback, ProgressCallback
 from pipeline.dataset import load_prepared
 from pipeline.errors import PeerStopped, TrainingFailed, UserError
-from pipeline.launch import record_exit, train_processes
+from pipeline.launch import leave_rank, train_processes
 from pipeline.params import Params
 from pipeline.run import build_trainer, finish_run, run_config
 from pipeline.runtime import ensure_writable, resolve_device
@@ -74,19 +72,15 @@ def train(params: Params, fresh: bool = False, progress: bool = True) -> Path | 
                 return None  # rank 0 saves the model
             ensure_writable(paths.CHECKPOINTS)
             return _train(params, data, device, fresh, progress, main=True)
-        except NonFiniteLoss as e:
-            raise TrainingFailed(str(e)) from None
         except Exception as e:
-            if ranks.distributed and distributed.peer_stopped(e):
-                record_exit(ranks.rank, PeerStopped.EXIT_CODE)
-                raise PeerStopped(f"process {ranks.rank}: another process of the run stopped") from None
-            if ranks.distributed:
-                # This process's own failure, decided: the launcher stopping it while it reports and
-                # leaves (its peers went first) must not turn it into an interrupt, and the launcher
-                # names it even if its peers leave first.
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                record_exit(ranks.rank, exit_code(e))
-            raise
+            failure = TrainingFailed(str(e)) if isinstance(e, NonFiniteLoss) else e
+            if not ranks.distributed:
+                if failure is e:
+                    raise
+                raise failure from None
+            if distributed.peer_stopped(e):
+                failure = PeerStopped(f"process {ranks.rank}: another process of the run stopped")
+            leave_rank(ranks.rank, failure)
 
 
 def training_lock() -> FileLock:
