@@ -122,16 +122,16 @@ def test_a_time_budget_ends_the_search_and_ranks_what_finished_in_its_own_folder
     from pipeline.cli import app
 
     space = {"method": {"ffl": {"temperature": {"type": "loguniform", "low": 1.0, "high": 8.0}}}}
-    write_params(workdir, search_params(trials=40, max_concurrent=1, epochs=1, space=space, time_budget_min=0.5))
+    write_params(workdir, search_params(trials=40, max_concurrent=1, epochs=1, space=space, time_budget_min=0.25))
     assert ffl(workdir, "prepare").returncode == 0
     result = CliRunner().invoke(app, ["tune", "--out", "searches/ffl"])
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "searches/ffl/summary.json").read_text())
     # The bound stopped it (40 one-epoch trials one at a time take minutes), and the results say so.
-    assert summary["stopped"] == f"the time budget (0.5 min) ran out: {summary['trials']} of 40 trials ran"
-    assert 1 <= summary["trials"] < 40 and "time budget (0.5 min) ran out" in result.output
+    assert summary["stopped"] == f"the time budget (0.25 min) ran out: {summary['trials']} of 40 trials ran"
+    assert 1 <= summary["trials"] < 40 and "time budget (0.25 min) ran out" in result.output
     assert summary["scored_on"]["split"] == "val" and summary["scored_on"]["images"] == 40  # 25% of 160
-    assert summary["wall_s"] >= 30  # it ran until the bound, not less
+    assert summary["wall_s"] >= 15  # it ran until the bound, not less
     assert len(read_trials(workdir / "searches/ffl/trials.csv")) == summary["trials"]
     assert "on the validation split" in (workdir / "searches/ffl/best_params.yaml").read_text()
     assert (workdir / "searches/ffl/ray/search").is_dir() and not (workdir / "tune").exists()
@@ -210,9 +210,10 @@ def test_a_search_whose_folder_is_deleted_while_it_runs_fails_in_one_line(workdi
         "the search cannot be resumed; `ffl tune --fresh` runs it again (tune keeps no partial results)"
     ]
     assert not (workdir / "tune/trials.csv").exists() and not (workdir / "tune/summary.json").exists()
-    again = ffl(workdir, "tune", "--fresh")
+    # What the line says to run does run (a one-trial search, to keep the test short).
+    again = ffl(workdir, "tune", "--fresh", "-S", "tune.trials=1", "-S", "tune.epochs=1")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len(read_trials(workdir / "tune/trials.csv")) == 3
+    assert len(read_trials(workdir / "tune/trials.csv")) == 1
 
 
 @needs_setpriv
