@@ -1,7 +1,13 @@
 import os
+import signal
 
 import pytest
 import torch
+
+# The suite Ctrl-C's itself and its children: launched from a script in the background (`nohup ... &`
+# without job control) it inherits SIGINT ignored, which Python and every child it starts keep.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on a 2-core machine: one thread each, so that they share
