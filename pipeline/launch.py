@@ -67,9 +67,8 @@ EXITS = "FFL_RANK_EXITS"
 
 def record_exit(rank: int, code: int) -> None:
     """A failing DDP rank records the code it is leaving with, as soon as that is decided and before
-    it closes its connections. torchrun's view can differ: a rank still ending is not in the poll
-    that caught the peer that saw it go, and a rank that saw its peer go can abort in its teardown
-    (SIGABRT from a C++ destructor) after its reason was decided."""
+    it leaves (``leave_rank``). torchrun's view can differ: a rank still ending is not in the poll
+    that caught the peer that saw it go."""
     if folder := os.environ.get(EXITS):
         (Path(folder) / f"{rank}").write_text(f"{code}\n")
 
